@@ -1,0 +1,378 @@
+"""The token authority: every lifecycle operation, used by the CLI, the admin API and the gateway.
+
+Policy and validation live here; atomicity lives in the store (each call is one transaction with
+its audit event). Bad input raises InvalidInput before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway import tokens
+from gateway.config import RateLimit, Settings, parse_duration, parse_rate_limit
+from gateway.errors import InvalidInput, NotFound, Refused
+from gateway.store import (
+    STATUSES,
+    Event,
+    EventFilter,
+    Revoked,
+    Stats,
+    TokenFilter,
+    TokenRecord,
+    TokenStore,
+)
+
+DEFAULT_GRACE_S = 3600
+MAX_GRACE_S = 30 * 86400
+MAX_TEXT = 200
+MAX_METADATA_BYTES = 4096
+MAX_PAGE = 500
+
+# Called with what a change made unusable (or None for "everything") so caches can drop it.
+Invalidator = Callable[[Sequence[Revoked] | None], Awaitable[None]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_" + "".join(secrets.choice(tokens.BASE62) for _ in range(16))
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who performs an action, for the audit log: ``cli:alice``, ``admin:tok_...``, ``gateway``."""
+    name: str
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+def public_record(r: TokenRecord, now: datetime) -> dict[str, Any]:
+    """The record as users see it (SPEC §4); never the hash."""
+    return {
+        "id": r.id, "subject": r.subject, "name": r.name, "scopes": list(r.scopes),
+        "family": r.family, "hint": r.hint,
+        "rate_limit": r.rate_limit.as_dict() if r.rate_limit else None,
+        "metadata": dict(r.metadata), "created_at": rfc3339(r.created_at),
+        "expires_at": rfc3339(r.expires_at), "last_used_at": rfc3339(r.last_used_at),
+        "last_used_ip": r.last_used_ip, "usage_count": r.usage_count,
+        "revoked_at": rfc3339(r.revoked_at) if r.is_revoked(now) else None,
+        "revoked_reason": r.revoked_reason if r.is_revoked(now) else None,
+        "rotated_from": r.rotated_from, "grace_until": rfc3339(r.grace_until),
+        "status": r.status(now),
+    }
+
+
+def public_event(e: Event) -> dict[str, Any]:
+    return {"id": e.id, "type": e.type, "token_id": e.token_id, "subject": e.subject,
+            "actor": e.actor, "ip": e.ip, "user_agent": e.user_agent, "at": rfc3339(e.at),
+            "details": dict(e.details)}
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"c1:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        kind, _, number = text.partition(":")
+        if kind == "c1" and number.isdigit():
+            return int(number)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidInput("cursor", "not a cursor this server issued")
+
+
+def check_text(field: str, value: object, max_len: int = MAX_TEXT) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(field, "must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidInput(field, f"must be at most {max_len} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput(field, "must not contain control characters")
+    return value
+
+
+def check_metadata(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidInput("metadata", "must be an object with string keys")
+    try:
+        encoded = json.dumps(value)
+    except (TypeError, ValueError):
+        raise InvalidInput("metadata", "must be JSON") from None
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return dict(value)
+
+
+def check_limit(value: object, max_value: int = MAX_PAGE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_value:
+        raise InvalidInput("limit", f"must be a whole number from 1 to {max_value}")
+    return value
+
+
+def _seconds(field: str, value: object, minimum: int = 0, maximum: int | None = None) -> int:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise InvalidInput(field, str(e)) from None
+    if seconds < minimum or (maximum is not None and seconds > maximum):
+        raise InvalidInput(field, f"must be from {minimum}s to {maximum}s" if maximum
+                           else f"must be at least {minimum}s")
+    return seconds
+
+
+def _rate_limit(value: object) -> RateLimit | None:
+    if value is None:
+        return None
+    try:
+        return parse_rate_limit(value)
+    except ValueError as e:
+        raise InvalidInput("rate_limit", str(e)) from None
+
+
+def _status(value: object) -> Any:
+    if value is not None and value not in STATUSES:
+        raise InvalidInput("status", f"must be one of {', '.join(STATUSES)}")
+    return value
+
+
+class TokenAuthority:
+    def __init__(self, store: TokenStore, settings: Settings,
+                 clock: Callable[[], datetime] = utcnow,
+                 invalidate: Invalidator | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self._invalidate = invalidate
+
+    async def _changed(self, revoked: Sequence[Revoked] | None) -> None:
+        if self._invalidate is not None:
+            await self._invalidate(revoked)
+
+    def _event(self, type_: str, actor: Actor, record: TokenRecord | None = None,
+               now: datetime | None = None, **details: Any) -> Event:
+        return Event(type=type_, actor=actor.name, at=now or self.clock(),
+                     token_id=record.id if record else None,
+                     subject=record.subject if record else details.pop("subject", None),
+                     ip=actor.ip, user_agent=actor.user_agent, details=details)
+
+    def hash(self, plaintext: str) -> str:
+        return tokens.hash_token(plaintext, self.settings.pepper)
+
+    # --- create / read ----------------------------------------------------------------------
+
+    def scopes_for(self, scopes: object = (), role: str | None = None) -> tuple[str, ...]:
+        granted = tokens.normalise_scopes(list(scopes) if isinstance(scopes, tuple) else scopes)
+        if role is None:
+            return granted
+        if role not in self.settings.roles:
+            raise InvalidInput("role", f"unknown role {role!r}; configured: "
+                               f"{', '.join(sorted(self.settings.roles)) or 'none'}")
+        return tuple(dict.fromkeys((*self.settings.roles[role], *granted)))
+
+    def expiry(self, now: datetime, expires_in: object = None,
+               expires_at: datetime | None = None) -> datetime | None:
+        if expires_in is not None and expires_at is not None:
+            raise InvalidInput("expires_in", "give expires_in or expires_at, not both")
+        if expires_in is not None:
+            return now + timedelta(seconds=_seconds("expires_in", expires_in, minimum=1,
+                                                    maximum=100 * 365 * 86400))
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput("expires_at", "must be in the future")
+        return expires_at
+
+    async def create(self, actor: Actor, *, subject: str, name: str, scopes: object = (),
+                     role: str | None = None, expires_in: object = None,
+                     expires_at: datetime | None = None, rate_limit: object = None,
+                     metadata: object = None) -> tuple[TokenRecord, str]:
+        now = self.clock()
+        secret = tokens.generate(self.settings.token_prefix)
+        record = TokenRecord(
+            id=new_id("tok"), subject=check_text("subject", subject),
+            name=check_text("name", name), scopes=self.scopes_for(scopes, role),
+            family=new_id("fam"), token_hash=self.hash(secret.plaintext), hint=secret.hint,
+            created_at=now, rate_limit=_rate_limit(rate_limit),
+            metadata=check_metadata(metadata), expires_at=self.expiry(now, expires_in, expires_at))
+        event = self._event("token_created", actor, record, now, name=record.name,
+                            scopes=list(record.scopes))
+        await self.store.insert_token(record, event)
+        return record, secret.plaintext
+
+    async def get(self, token_id: str) -> TokenRecord:
+        record = await self.store.get_token(token_id)
+        if record is None:
+            raise NotFound(f"token {token_id} not found")
+        return record
+
+    async def list(self, *, subject: str | None = None, status: str | None = None,
+                   family: str | None = None, limit: int = 50, cursor: str | None = None,
+                   max_limit: int = MAX_PAGE) -> tuple[list[TokenRecord], str | None]:
+        flt = TokenFilter(subject, _status(status), family)
+        limit = check_limit(limit, max_limit)
+        page = await self.store.list_tokens(flt, self.clock(), limit + 1, decode_cursor(cursor))
+        more = len(page) > limit
+        page = page[:limit]
+        return page, encode_cursor(page[-1].seq) if more else None
+
+    # --- change -----------------------------------------------------------------------------
+
+    async def update(self, actor: Actor, token_id: str, **changes: Any) -> TokenRecord:
+        clean: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key == "name":
+                clean[key] = check_text("name", value)
+            elif key == "scopes":
+                clean[key] = tokens.normalise_scopes(value)
+            elif key == "rate_limit":
+                clean[key] = _rate_limit(value)
+            elif key == "metadata":
+                clean[key] = check_metadata(value)
+            elif key == "expires_at":
+                clean[key] = self.expiry(self.clock(), None, value) if value else None
+            else:
+                raise InvalidInput(key, "cannot be changed")
+        details = {k: (str(v) if isinstance(v, RateLimit | datetime) else v)
+                   for k, v in clean.items() if k != "metadata"}
+        record = await self.get(token_id)
+        event = self._event("token_updated", actor, record, changes=sorted(clean), **details)
+        updated = await self.store.update_token(token_id, clean, event)
+        if updated is None:
+            raise NotFound(f"token {token_id} not found")
+        await self._changed([Revoked(updated.id, updated.token_hash)])
+        return updated
+
+    async def revoke(self, actor: Actor, token_id: str, reason: str | None = None) -> TokenRecord:
+        reason = check_text("reason", reason or "revoked", 500)
+        record = await self.get(token_id)
+        event = self._event("token_revoked", actor, record, reason=reason)
+        updated, changed = await self.store.revoke_token(token_id, reason, event)
+        if updated is None:
+            raise NotFound(f"token {token_id} not found")
+        if changed:
+            await self._changed([Revoked(updated.id, updated.token_hash)])
+        return updated
+
+    async def _revoke_many(self, actor: Actor, flt: TokenFilter, reason: str | None,
+                           type_: str, **details: Any) -> int:
+        reason = check_text("reason", reason or "revoked", 500)
+        event = self._event(type_, actor, reason=reason, **details)
+        done = await self.store.revoke_many(flt, reason, event)
+        await self._changed(done if flt.subject or flt.family else None)
+        return len(done)
+
+    async def revoke_subject(self, actor: Actor, subject: str, reason: str | None = None) -> int:
+        check_text("subject", subject)
+        return await self._revoke_many(actor, TokenFilter(subject=subject), reason,
+                                       "subject_tokens_revoked", subject=subject)
+
+    async def revoke_family(self, actor: Actor, family: str, reason: str | None = None) -> int:
+        check_text("family", family)
+        return await self._revoke_many(actor, TokenFilter(family=family), reason,
+                                       "family_revoked", family=family)
+
+    async def revoke_all(self, actor: Actor, reason: str) -> int:
+        return await self._revoke_many(actor, TokenFilter(), reason, "all_tokens_revoked")
+
+    async def delete(self, actor: Actor, token_id: str) -> TokenRecord:
+        record = await self.get(token_id)
+        deleted = await self.store.delete_token(token_id, self._event("token_deleted", actor,
+                                                                      record))
+        if deleted is None:
+            raise NotFound(f"token {token_id} not found")
+        await self._changed([Revoked(deleted.id, deleted.token_hash)])
+        return deleted
+
+    async def rotate(self, actor: Actor, token_id: str,
+                     grace: object = DEFAULT_GRACE_S) -> tuple[TokenRecord, str, TokenRecord]:
+        """New secret in the same family; the old one works until the grace ends.
+
+        The successor keeps the old token's lifetime length (expires_at - created_at).
+        Returns (successor, its plaintext, the old record).
+        """
+        grace_s = _seconds("grace", grace, maximum=MAX_GRACE_S)
+        now = self.clock()
+        old = await self.get(token_id)
+        secret = tokens.generate(self.settings.token_prefix)
+        lifetime = old.expires_at - old.created_at if old.expires_at else None
+        successor = TokenRecord(
+            id=new_id("tok"), subject=old.subject, name=old.name, scopes=old.scopes,
+            family=old.family, token_hash=self.hash(secret.plaintext), hint=secret.hint,
+            created_at=now, rate_limit=old.rate_limit, metadata=old.metadata,
+            expires_at=now + lifetime if lifetime else None, rotated_from=old.id)
+        event = self._event("token_rotated", actor, old, now, successor=successor.id,
+                            grace_s=grace_s)
+        rotated = await self.store.rotate_token(old.id, successor, now + timedelta(
+            seconds=grace_s), event)
+        if rotated is None:
+            raise Refused(self._why_not_rotatable(await self.get(token_id), now))
+        await self._changed([Revoked(rotated.id, rotated.token_hash)])
+        return successor, secret.plaintext, rotated
+
+    @staticmethod
+    def _why_not_rotatable(record: TokenRecord, now: datetime) -> str:
+        if record.is_revoked(now):
+            return f"token {record.id} is revoked and cannot be rotated"
+        if record.grace_until is not None:
+            return f"token {record.id} was already rotated; rotate its successor instead"
+        if record.is_expired(now):
+            return f"token {record.id} has expired and cannot be rotated"
+        return f"token {record.id} cannot be rotated"
+
+    async def check_replay(self, record: TokenRecord, actor: Actor) -> bool:
+        """A rotated-out token presented after its grace: revoke the family, record the replay.
+
+        The gateway calls this for a refused token; True means it was a replay.
+        """
+        now = self.clock()
+        if not record.is_replay(now):
+            return False
+        event = self._event("token_replay_detected", actor, record, now, family=record.family)
+        done = await self.store.revoke_many(TokenFilter(family=record.family),
+                                            "replay detected", event)
+        await self._changed(done)
+        return True
+
+    async def cleanup(self, actor: Actor, older_than: object = 30 * 86400) -> int:
+        seconds = _seconds("older_than", older_than)
+        now = self.clock()
+        event = self._event("tokens_cleaned_up", actor, now=now, older_than_s=seconds)
+        return await self.store.cleanup(now - timedelta(seconds=seconds), event)
+
+    # --- analytics and audit -----------------------------------------------------------------
+
+    async def stats(self, top: int = 10) -> Stats:
+        return await self.store.stats(self.clock(), top)
+
+    async def events(self, *, token_id: str | None = None, subject: str | None = None,
+                     type: str | None = None, since: datetime | None = None, limit: int = 50,
+                     cursor: str | None = None,
+                     max_limit: int = MAX_PAGE) -> tuple[list[Event], str | None]:
+        limit = check_limit(limit, max_limit)
+        page = await self.store.list_events(EventFilter(token_id, subject, type, since),
+                                            limit + 1, decode_cursor(cursor))
+        more = len(page) > limit
+        page = page[:limit]
+        return page, encode_cursor(page[-1].id or 0) if more else None
+
+
+def stats_dict(s: Stats) -> dict[str, Any]:
+    return {"total": s.total, "active": s.active, "revoked": s.revoked, "expired": s.expired,
+            "created_24h": s.created_24h, "used_24h": s.used_24h,
+            "top_subjects": [{"subject": sub, "active": n} for sub, n in s.top_subjects]}

@@ -1,0 +1,73 @@
+-- Named queries shared by both backends. Placeholders are $1..$n (the SQLite driver rewrites
+-- them to ?1..?n). Both dialects accept everything here: keep it that way.
+
+-- name: insert_token
+INSERT INTO tokens (id, token_hash, hint, subject, name, scopes, family, rate_limit,
+                    rate_window_s, metadata, created_at, expires_at, rotated_from)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+
+-- name: get_token
+SELECT * FROM tokens WHERE id = $1
+
+-- name: get_by_hash
+SELECT * FROM tokens WHERE token_hash = $1
+
+-- name: revoke_token
+-- A token in a rotation grace has revoked_at in the future: revoking it now still counts.
+UPDATE tokens SET revoked_at = $2, revoked_reason = $3
+WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $2)
+
+-- name: rotate_out
+-- Only an active, not yet rotated token can be rotated: of two concurrent rotations of one
+-- token, exactly one matches this WHERE.
+UPDATE tokens SET grace_until = $2, revoked_at = $2, revoked_reason = 'rotated'
+WHERE id = $1 AND grace_until IS NULL
+  AND (revoked_at IS NULL OR revoked_at > $3)
+  AND (expires_at IS NULL OR expires_at > $3)
+
+-- name: delete_token
+DELETE FROM tokens WHERE id = $1
+
+-- name: delete_usage
+DELETE FROM token_usage_daily WHERE token_id = $1
+
+-- name: cleanup_tokens
+DELETE FROM tokens
+WHERE (revoked_at IS NOT NULL AND revoked_at < $1) OR (expires_at IS NOT NULL AND expires_at < $1)
+
+-- name: cleanup_usage
+DELETE FROM token_usage_daily WHERE token_id NOT IN (SELECT id FROM tokens)
+
+-- name: insert_event
+INSERT INTO token_events (type, token_id, subject, actor, ip, user_agent, at, details)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+
+-- name: token_stats
+SELECT
+    COUNT(*) AS total,
+    COALESCE(SUM(CASE WHEN revoked_at IS NOT NULL AND revoked_at <= $1 THEN 1 ELSE 0 END), 0)
+        AS revoked,
+    COALESCE(SUM(CASE WHEN (revoked_at IS NULL OR revoked_at > $1)
+                       AND expires_at IS NOT NULL AND expires_at <= $1 THEN 1 ELSE 0 END), 0)
+        AS expired,
+    COALESCE(SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END), 0) AS created_24h,
+    COALESCE(SUM(CASE WHEN last_used_at >= $2 THEN 1 ELSE 0 END), 0) AS used_24h
+FROM tokens
+
+-- name: top_subjects
+SELECT subject, COUNT(*) AS active FROM tokens
+WHERE (revoked_at IS NULL OR revoked_at > $1) AND (expires_at IS NULL OR expires_at > $1)
+GROUP BY subject ORDER BY active DESC, subject LIMIT $2
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)

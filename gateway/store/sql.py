@@ -1,0 +1,310 @@
+"""SqlStore: the one implementation of TokenStore, over a PostgreSQL or SQLite driver.
+
+Queries are shared (queries.sql); the drivers differ only in connection handling, parameter
+style and value conversion, so both backends behave identically by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
+from typing import Any, Protocol
+
+from gateway.config import RateLimit
+from gateway.store.base import (
+    Event,
+    EventFilter,
+    Revoked,
+    Stats,
+    TokenFilter,
+    TokenRecord,
+)
+
+
+class Conn(Protocol):
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None: ...
+    async def execute(self, sql: str, *args: Any) -> int: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    async def script(self, sql: str) -> None: ...
+
+
+class Driver(Protocol):
+    dialect: str
+    migration_lock: str | None
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    def transaction(self) -> Any: ...  # async context manager yielding a Conn
+    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None: ...
+
+
+@cache
+def queries() -> dict[str, str]:
+    text = resources.files("gateway.store").joinpath("queries.sql").read_text("utf-8")
+    named: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        named[name.strip()] = "\n".join(
+            line for line in body.splitlines() if not line.lstrip().startswith("--")).strip()
+    return named
+
+
+def Q(name: str) -> str:
+    return queries()[name]
+
+
+# Status predicates over a "now" parameter; revoked wins over expired.
+_STATUS_SQL = {
+    "active": "(revoked_at IS NULL OR revoked_at > {now}) "
+              "AND (expires_at IS NULL OR expires_at > {now})",
+    "revoked": "(revoked_at IS NOT NULL AND revoked_at <= {now})",
+    "expired": "((revoked_at IS NULL OR revoked_at > {now}) AND expires_at IS NOT NULL "
+               "AND expires_at <= {now})",
+}
+_UPDATABLE = ("name", "scopes", "rate_limit", "metadata", "expires_at")
+
+
+class _Params:
+    """Collects bound values and hands out $n placeholders for dynamic WHERE clauses."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+def _time(v: Any) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return datetime.fromisoformat(v)
+
+
+def _json(v: Any) -> Any:
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def _record(row: Mapping[str, Any]) -> TokenRecord:
+    limit = row["rate_limit"]
+    return TokenRecord(
+        id=row["id"], subject=row["subject"], name=row["name"],
+        scopes=tuple(_json(row["scopes"])), family=row["family"],
+        token_hash=row["token_hash"], hint=row["hint"],
+        created_at=_time(row["created_at"]),  # type: ignore[arg-type]
+        rate_limit=RateLimit(limit, row["rate_window_s"]) if limit else None,
+        metadata=_json(row["metadata"]), expires_at=_time(row["expires_at"]),
+        last_used_at=_time(row["last_used_at"]), last_used_ip=row["last_used_ip"],
+        usage_count=row["usage_count"], revoked_at=_time(row["revoked_at"]),
+        revoked_reason=row["revoked_reason"], rotated_from=row["rotated_from"],
+        grace_until=_time(row["grace_until"]), seq=row["seq"],
+    )
+
+
+def _event(row: Mapping[str, Any]) -> Event:
+    return Event(
+        id=row["id"], type=row["type"], token_id=row["token_id"], subject=row["subject"],
+        actor=row["actor"], ip=row["ip"], user_agent=row["user_agent"],
+        at=_time(row["at"]), details=_json(row["details"]),  # type: ignore[arg-type]
+    )
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    return (e.type, e.token_id, e.subject, e.actor, e.ip, e.user_agent, e.at, dict(e.details))
+
+
+def _where(conds: list[str]) -> str:
+    return f" WHERE {' AND '.join(conds)}" if conds else ""
+
+
+class SqlStore:
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    @property
+    def dialect(self) -> str:
+        return self.driver.dialect
+
+    async def open(self) -> None:
+        await self.driver.open()
+
+    async def close(self) -> None:
+        await self.driver.close()
+
+    async def ping(self) -> None:
+        await self.driver.fetchrow("SELECT 1 AS ok")
+
+    # --- schema ---------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in one transaction; returns the names applied (idempotent)."""
+        folder = resources.files("gateway.store").joinpath("migrations", self.dialect)
+        available = sorted(f.name for f in folder.iterdir() if f.name.endswith(".sql"))
+        applied_now: list[str] = []
+        async with self.driver.transaction() as tx:
+            if self.driver.migration_lock:
+                await tx.execute(self.driver.migration_lock)
+            await tx.script(Q("create_migrations_table"))
+            done = {r["version"] for r in await tx.fetch(Q("applied_migrations"))}
+            for name in available:
+                version = int(name.split("_", 1)[0])
+                if version in done:
+                    continue
+                await tx.script(folder.joinpath(name).read_text("utf-8"))
+                await tx.execute(Q("record_migration"), version, name,
+                                 datetime.now(UTC).isoformat())
+                applied_now.append(name)
+        return applied_now
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    async def insert_token(self, record: TokenRecord, event: Event) -> None:
+        async with self.driver.transaction() as tx:
+            await self._insert(tx, record)
+            await tx.execute(Q("insert_event"), *_event_row(event))
+
+    @staticmethod
+    async def _insert(tx: Conn, r: TokenRecord) -> None:
+        rl = r.rate_limit
+        await tx.execute(
+            Q("insert_token"), r.id, r.token_hash, r.hint, r.subject, r.name, list(r.scopes),
+            r.family, rl.limit if rl else None, rl.window_s if rl else None, dict(r.metadata),
+            r.created_at, r.expires_at, r.rotated_from)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        row = await self.driver.fetchrow(Q("get_token"), token_id)
+        return _record(row) if row else None
+
+    async def get_by_hash(self, token_hash: str) -> TokenRecord | None:
+        row = await self.driver.fetchrow(Q("get_by_hash"), token_hash)
+        return _record(row) if row else None
+
+    @staticmethod
+    def _token_conds(flt: TokenFilter, now: datetime, p: _Params) -> list[str]:
+        conds = []
+        if flt.subject is not None:
+            conds.append(f"subject = {p(flt.subject)}")
+        if flt.family is not None:
+            conds.append(f"family = {p(flt.family)}")
+        if flt.status is not None:
+            conds.append(_STATUS_SQL[flt.status].replace("{now}", p(now)))
+        return conds
+
+    async def list_tokens(self, flt: TokenFilter, now: datetime, limit: int,
+                          before_seq: int | None = None) -> list[TokenRecord]:
+        p = _Params()
+        conds = self._token_conds(flt, now, p)
+        if before_seq is not None:
+            conds.append(f"seq < {p(before_seq)}")
+        sql = f"SELECT * FROM tokens{_where(conds)} ORDER BY seq DESC LIMIT {p(limit)}"
+        return [_record(r) for r in await self.driver.fetch(sql, *p.values)]
+
+    async def update_token(self, token_id: str, changes: Mapping[str, Any],
+                           event: Event) -> TokenRecord | None:
+        p = _Params()
+        sets = []
+        for key, value in changes.items():
+            if key not in _UPDATABLE:
+                raise KeyError(key)
+            if key == "rate_limit":
+                sets.append(f"rate_limit = {p(value.limit if value else None)}")
+                sets.append(f"rate_window_s = {p(value.window_s if value else None)}")
+            else:
+                sets.append(f"{key} = {p(list(value) if key == 'scopes' else value)}")
+        async with self.driver.transaction() as tx:
+            if sets:
+                sql = f"UPDATE tokens SET {', '.join(sets)} WHERE id = {p(token_id)}"
+                if not await tx.execute(sql, *p.values):
+                    return None
+            row = await tx.fetchrow(Q("get_token"), token_id)
+            if row is None:
+                return None
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            return _record(row)
+
+    async def revoke_token(self, token_id: str, reason: str,
+                           event: Event) -> tuple[TokenRecord | None, bool]:
+        async with self.driver.transaction() as tx:
+            changed = await tx.execute(Q("revoke_token"), token_id, event.at, reason) > 0
+            row = await tx.fetchrow(Q("get_token"), token_id)
+            if changed:
+                await tx.execute(Q("insert_event"), *_event_row(event))
+            return (_record(row) if row else None), changed
+
+    async def revoke_many(self, flt: TokenFilter, reason: str, event: Event) -> list[Revoked]:
+        """Revoke every active token the filter matches; one audit event with the count."""
+        p = _Params()
+        sets = f"revoked_at = {p(event.at)}, revoked_reason = {p(reason)}"
+        conds = self._token_conds(TokenFilter(flt.subject, "active", flt.family), event.at, p)
+        sql = f"UPDATE tokens SET {sets}{_where(conds)} RETURNING id, token_hash"
+        async with self.driver.transaction() as tx:
+            rows = await tx.fetch(sql, *p.values)
+            done = [Revoked(r["id"], r["token_hash"]) for r in rows]
+            await tx.execute(Q("insert_event"), *_event_row(event.with_details(revoked=len(done))))
+            return done
+
+    async def delete_token(self, token_id: str, event: Event) -> TokenRecord | None:
+        async with self.driver.transaction() as tx:
+            row = await tx.fetchrow(Q("get_token"), token_id)
+            if row is None:
+                return None
+            await tx.execute(Q("delete_token"), token_id)
+            await tx.execute(Q("delete_usage"), token_id)
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            return _record(row)
+
+    async def rotate_token(self, old_id: str, successor: TokenRecord, grace_until: datetime,
+                           event: Event) -> TokenRecord | None:
+        """Rotate out ``old_id`` and insert its successor; None if it cannot be rotated."""
+        async with self.driver.transaction() as tx:
+            if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
+                return None
+            await self._insert(tx, successor)
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            row = await tx.fetchrow(Q("get_token"), old_id)
+            return _record(row) if row else None
+
+    async def cleanup(self, before: datetime, event: Event) -> int:
+        async with self.driver.transaction() as tx:
+            deleted = await tx.execute(Q("cleanup_tokens"), before)
+            await tx.execute(Q("cleanup_usage"))
+            await tx.execute(Q("insert_event"), *_event_row(event.with_details(deleted=deleted)))
+            return deleted
+
+    async def stats(self, now: datetime, top: int = 10) -> Stats:
+        row = await self.driver.fetchrow(Q("token_stats"), now, now - timedelta(days=1))
+        assert row is not None
+        tops = await self.driver.fetch(Q("top_subjects"), now, top)
+        revoked, expired = int(row["revoked"]), int(row["expired"])
+        return Stats(
+            active=int(row["total"]) - revoked - expired, revoked=revoked, expired=expired,
+            created_24h=int(row["created_24h"]), used_24h=int(row["used_24h"]),
+            top_subjects=[(r["subject"], int(r["active"])) for r in tops])
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def insert_events(self, events: Sequence[Event]) -> None:
+        if events:
+            async with self.driver.transaction() as tx:
+                await tx.executemany(Q("insert_event"), [_event_row(e) for e in events])
+
+    async def list_events(self, flt: EventFilter, limit: int,
+                          before_id: int | None = None) -> list[Event]:
+        p = _Params()
+        conds = []
+        for column in ("token_id", "subject", "type"):
+            value = getattr(flt, column)
+            if value is not None:
+                conds.append(f"{column} = {p(value)}")
+        if flt.since is not None:
+            conds.append(f"at >= {p(flt.since)}")
+        if before_id is not None:
+            conds.append(f"id < {p(before_id)}")
+        sql = f"SELECT * FROM token_events{_where(conds)} ORDER BY id DESC LIMIT {p(limit)}"
+        return [_event(r) for r in await self.driver.fetch(sql, *p.values)]
