@@ -153,6 +153,43 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--config", metavar="FILE", help="YAML config (AUTHGATE_CONFIG).")
+@click.option("--upstream", metavar="URL", help="Default upstream (AUTHGATE_UPSTREAM).")
+@click.option("--listen", metavar="HOST:PORT", help="Proxy listener (AUTHGATE_LISTEN).")
+@click.option("--admin-listen", metavar="HOST:PORT", help="Admin listener.")
+@click.option("--store", metavar="URL", help="Token store URL (AUTHGATE_STORE).")
+@click.option("--cache", metavar="URL", help="memory:// or redis://... (AUTHGATE_CACHE).")
+def serve(config: str | None, **flags: str | None) -> None:
+    """Run the proxy and admin listeners."""
+    from gateway.server import run as run_server
+
+    ctx = click.get_current_context()
+    try:
+        settings = load_settings(config, flags=flags)
+        run_server(settings)
+    except ConfigError as e:
+        for problem in e.problems:
+            click.echo(f"Error: config: {problem}", err=True)
+        ctx.exit(1)
+    except AuthgateError as e:
+        click.echo(f"Error: {e}", err=True)
+        ctx.exit(1)
+
+
+@main.command()
+@click.option("--port", type=int, default=8080, show_default=True, help="Proxy port.")
+def demo(port: int) -> None:
+    """An echo upstream + the gateway on the embedded defaults + a token + a curl line."""
+    from gateway.demo import run_demo
+
+    try:
+        run_demo(port)
+    except AuthgateError as e:
+        click.echo(f"Error: {e}", err=True)
+        click.get_current_context().exit(1)
+
+
+@main.command()
 @store_options
 def migrate(config: str | None, store: str | None) -> None:
     """Apply pending schema migrations (idempotent)."""

@@ -14,6 +14,7 @@ from gateway.store.base import (
     TokenFilter,
     TokenRecord,
     TokenStore,
+    Usage,
 )
 from gateway.store.postgres import PostgresDriver
 from gateway.store.sql import Driver, SqlStore
@@ -59,6 +60,7 @@ __all__ = [
     "TokenFilter",
     "TokenRecord",
     "TokenStore",
+    "Usage",
     "make_store",
     "open_store",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal, Protocol
 
 from gateway.config import RateLimit
@@ -110,6 +110,16 @@ class Stats:
         return self.active + self.revoked + self.expired
 
 
+@dataclass(slots=True)
+class Usage:
+    """One token's requests since the last flush."""
+    token_id: str
+    count: int
+    last_used_at: datetime
+    last_used_ip: str | None
+    per_day: dict[date, int] = field(default_factory=dict)
+
+
 class TokenStore(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -132,5 +142,7 @@ class TokenStore(Protocol):
     async def cleanup(self, before: datetime, event: Event) -> int: ...
     async def stats(self, now: datetime, top: int = 10) -> Stats: ...
     async def insert_events(self, events: Sequence[Event]) -> None: ...
+    async def record_usage(self, usage: Sequence[Usage], events: Sequence[Event] = ()) -> None: ...
+    async def daily_usage(self, token_id: str, since: date) -> list[tuple[date, int]]: ...
     async def list_events(self, flt: EventFilter, limit: int,
                           before_id: int | None = None) -> list[Event]: ...

@@ -71,3 +71,18 @@ SELECT version FROM schema_migrations ORDER BY version
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)
+
+-- name: add_usage
+-- Values on the right are the row's old ones, so the IP follows the newest use.
+UPDATE tokens SET
+    usage_count = usage_count + $2,
+    last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END,
+    last_used_ip = CASE WHEN last_used_at IS NULL OR last_used_at <= $3 THEN $4 ELSE last_used_ip END
+WHERE id = $1
+
+-- name: add_daily_usage
+INSERT INTO token_usage_daily (token_id, day, count) VALUES ($1, $2, $3)
+ON CONFLICT (token_id, day) DO UPDATE SET count = token_usage_daily.count + excluded.count
+
+-- name: daily_usage
+SELECT day, count FROM token_usage_daily WHERE token_id = $1 AND day >= $2 ORDER BY day

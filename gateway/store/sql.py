@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from gateway.store.base import (
     Stats,
     TokenFilter,
     TokenRecord,
+    Usage,
 )
 
 
@@ -286,6 +287,23 @@ class SqlStore:
             active=int(row["total"]) - revoked - expired, revoked=revoked, expired=expired,
             created_24h=int(row["created_24h"]), used_24h=int(row["used_24h"]),
             top_subjects=[(r["subject"], int(r["active"])) for r in tops])
+
+    # --- usage (written in batches by the gateway, never per request) -------------------------
+
+    async def record_usage(self, usage: Sequence[Usage], events: Sequence[Event] = ()) -> None:
+        """Add a batch of aggregated usage (and aggregated events) in one transaction."""
+        async with self.driver.transaction() as tx:
+            await tx.executemany(Q("add_usage"), [
+                (u.token_id, u.count, u.last_used_at, u.last_used_ip) for u in usage])
+            await tx.executemany(Q("add_daily_usage"), [
+                (u.token_id, day, n) for u in usage for day, n in u.per_day.items()])
+            if events:
+                await tx.executemany(Q("insert_event"), [_event_row(e) for e in events])
+
+    async def daily_usage(self, token_id: str, since: date) -> list[tuple[date, int]]:
+        rows = await self.driver.fetch(Q("daily_usage"), token_id, since)
+        return [(r["day"] if isinstance(r["day"], date) else date.fromisoformat(r["day"]),
+                 int(r["count"])) for r in rows]
 
     # --- events ---------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""Builds the gateway from settings: the services (store, caches, limiter, usage, forwarder) and
+the two ASGI apps on them. ``Gateway.start`` / ``stop`` own every long-lived resource.
+
+The proxy is a plain ASGI callable (measured faster than a Starlette catch-all route); the admin
+listener is a Starlette app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.authority import TokenAuthority, utcnow
+from gateway.cache import LocalCache, RedisShared, TokenCache
+from gateway.config import Settings
+from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.pipeline import Decision, Pipeline, Refusal, rate_limit_headers, render_refusal
+from gateway.proxy import AiohttpForwarder, Receive, Scope, Send, UpstreamError, request_id_of
+from gateway.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
+from gateway.routes import Router
+from gateway.store import STATUSES, SqlStore, open_store
+from gateway.usage import UsageRecorder
+
+log = logging.getLogger("authgate")
+TOKEN_GAUGE_INTERVAL_S = 30
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: SqlStore, metrics: Metrics,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.shared = RedisShared(settings.cache) if settings.cache != "memory://" else None
+        if self.shared is not None:
+            self.shared.on_error = metrics.redis_errors.inc
+        self.cache = TokenCache(LocalCache(settings.local_cache_ttl_s), self.shared)
+        self.limiter: RateLimiter = RedisLimiter(self.shared) if self.shared else MemoryLimiter()
+        self.authority = TokenAuthority(store, settings, clock, invalidate=self.cache.invalidate)
+        self.usage = UsageRecorder(store, settings.usage_flush_interval_s, metrics, clock)
+        self.router = Router(settings)
+        self.pipeline = Pipeline(settings, self.router, self.cache, store, self.authority,
+                                 self.limiter, self.usage, metrics, clock)
+        self.forwarder = AiohttpForwarder(settings, self.router.upstreams, metrics)
+        self._gauge_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings, metrics: Metrics | None = None,
+                    clock: Callable[[], datetime] = utcnow) -> Gateway:
+        store = await open_store(settings.store)
+        gw = cls(settings, store, metrics or Metrics(), clock)
+        await gw.forwarder.start()
+        gw.cache.start()
+        gw.usage.start()
+        gw._gauge_task = asyncio.create_task(gw._refresh_token_gauge())
+        return gw
+
+    async def stop(self) -> None:
+        """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+        await self.usage.stop()
+        await self.cache.close()
+        await self.forwarder.close()
+        if self.shared is not None:
+            await self.shared.close()
+        await self.store.close()
+
+    async def _refresh_token_gauge(self) -> None:
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                stats = await self.store.stats(self.clock(), top=1)
+                for status in STATUSES:
+                    self.metrics.tokens.labels(status).set(getattr(stats, status))
+            await asyncio.sleep(TOKEN_GAUGE_INTERVAL_S)
+
+    # --- the proxy listener -------------------------------------------------------------------
+
+    async def proxy_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        client = scope.get("client")
+        try:
+            decision = await self.pipeline.decide(scope["method"], scope["path"],
+                                                  scope["headers"], client[0] if client else None)
+        except Refusal as refusal:
+            await self._send_refusal(send, refusal, request_id)
+            self._observe(refusal.reason, started)
+            return
+        extra = rate_limit_headers(decision.limit) if decision.limit else []
+        extra.append((b"x-request-id", request_id))
+        try:
+            await self.forwarder.forward(scope, receive, send, decision, extra, request_id)
+        except UpstreamError as e:
+            await _send_json(send, e.status, {"error": e.reason, "error_description":
+                                              e.description}, [(b"x-request-id", request_id)])
+            self._observe(e.reason, started)
+            return
+        self._observe("ok", started)
+
+    def _observe(self, outcome: str, started: float) -> None:
+        self.metrics.outcome[outcome].inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _send_refusal(send: Send, refusal: Refusal, request_id: bytes) -> None:
+        status, headers, body = render_refusal(refusal)
+        await _send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
+
+    # --- the admin listener -------------------------------------------------------------------
+
+    def admin_app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/healthz", self._healthz),
+            Route("/readyz", self._readyz),
+            Route("/metrics", self._metrics),
+            Route("/v1/authorize", self._authorize, methods=["GET", "POST", "HEAD"]),
+        ])
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        try:
+            async with asyncio.timeout(2):
+                await self.store.ping()
+        except (StoreUnavailable, TimeoutError):
+            return JSONResponse({"status": "unavailable", "store": "down"}, status_code=503)
+        if self.shared is not None and not await self.shared.ping():
+            return JSONResponse({"status": "degraded", "store": "ok", "cache": "down"})
+        return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _authorize(self, request: Request) -> Response:
+        """Forward-auth decision: the same pipeline as the proxy, on the original method/URI."""
+        h = request.headers
+        method = h.get("x-forwarded-method") or request.method
+        uri = h.get("x-forwarded-uri") or h.get("x-original-uri") or "/"
+        path = uri.split("?", 1)[0] or "/"
+        client = request.client
+        try:
+            decision = await self.pipeline.decide(method.upper(), path, request.scope["headers"],
+                                                  client.host if client else None)
+        except Refusal as refusal:
+            status, headers, body = render_refusal(refusal)
+            self.metrics.outcome[refusal.reason].inc()
+            return JSONResponse(body, status, headers={k.decode(): v.decode()
+                                                       for k, v in headers})
+        self.metrics.outcome["ok"].inc()
+        return Response(status_code=200, headers=self._identity_headers(decision))
+
+    def _identity_headers(self, decision: Decision) -> dict[str, str]:
+        out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
+            if decision.limit else {}
+        record = decision.record
+        if record is not None:
+            ih = self.settings.identity_headers
+            out |= {ih.subject: record.subject, ih.token_id: record.id,
+                    ih.token_name: record.name, ih.scopes: " ".join(record.scopes)}
+        return out
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str],
+                     headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        *headers]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,230 @@
+"""The verification pipeline: every decision, for the proxy and the forward-auth endpoint alike.
+
+    1. route       match path and method against the config routes (first match wins)
+    2. credential  Authorization: Bearer ... (or the configured API-key header)     401
+    3. parse       prefix + checksum, no I/O: garbage is refused here                 401
+    4. lookup      keyed hash -> in-process LRU -> shared cache -> store              401 / 503
+    5. check       revoked, expired (judged now, not by cache age), replay            401
+    6. authorize   route scopes vs token scopes (wildcards)                           403
+    7. limit       token limit + route limit, one atomic call                         429
+    8. record      usage into an in-memory aggregate (written in batches)
+
+Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (the metric label and
+the audit detail) and a message; ``render_refusal`` is the one place that turns it into headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway import tokens
+from gateway.authority import Actor, TokenAuthority
+from gateway.cache import TokenCache
+from gateway.config import Settings
+from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.ratelimit import LimitResult, Limits, RateLimiter
+from gateway.routes import MatchedRoute, Router
+from gateway.store import TokenRecord, TokenStore
+from gateway.usage import UsageRecorder
+
+log = logging.getLogger("authgate.pipeline")
+
+MAX_HEADER_BYTES = 32 * 1024
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class Refusal(Exception):
+    status: int
+    reason: str  # a metrics outcome: no_credential, invalid_token, ...
+    description: str
+    scope: str | None = None
+    limit: LimitResult | None = None
+    retry_after: int | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    route: MatchedRoute
+    record: TokenRecord | None = None  # None on an auth: none route
+    limit: LimitResult | None = None
+    credential_header: bytes | None = None  # what to strip before forwarding
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def extract_credential(headers: Headers, api_key_header: bytes | None) -> tuple[str, bytes]:
+    """Return (token, header name); raise Refusal for none, or for oversized headers."""
+    found: tuple[str, bytes] | None = None
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value)
+        if found is not None:
+            continue
+        if name == b"authorization":
+            scheme, _, rest = value.partition(b" ")
+            if scheme.lower() == b"bearer" and rest.strip():
+                found = (rest.strip().decode("latin-1"), name)
+        elif name == api_key_header and value.strip():
+            found = (value.strip().decode("latin-1"), name)
+    if size > MAX_HEADER_BYTES:
+        raise Refusal(431, "bad_request", "request headers too large")
+    if found is None:
+        raise Refusal(401, "no_credential", "a bearer token is required")
+    return found
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, router: Router, cache: TokenCache, store: TokenStore,
+                 authority: TokenAuthority, limiter: RateLimiter, usage: UsageRecorder,
+                 metrics: Metrics, clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.router = router
+        self.cache = cache
+        self.store = store
+        self.authority = authority
+        self.limiter = limiter
+        self.usage = usage
+        self.metrics = metrics
+        self.clock = clock
+        header = settings.api_key_header
+        self._api_key_header = header.lower().encode() if header else None
+        self._hash = authority.hash
+
+    async def decide(self, method: str, path: str, headers: Headers, ip: str | None) -> Decision:
+        route = self.router.match(path, method)
+        if not route.auth_required:
+            return await self._public(route, ip)
+        raw, header = extract_credential(headers, self._api_key_header)
+        try:
+            parsed = tokens.parse(raw, self.settings.token_prefix)
+        except tokens.MalformedToken:
+            self.metrics.malformed.inc()
+            await self._failed(ip, "malformed")
+            raise Refusal(401, "invalid_token", "the token is malformed") from None
+        record = await self._lookup(self._hash(parsed.plaintext))
+        now = self.clock()
+        if record is None:
+            await self._failed(ip, "unknown")
+            raise Refusal(401, "invalid_token", "the token is unknown")
+        self._check_usable(record, now)
+        await self._replay_check(record, ip)  # only reached when revoked: off the hot path
+        missing = tokens.has_scopes(record.scopes, route.scopes)
+        if missing is not None:
+            raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
+                          scope=" ".join(route.scopes))
+        limit = await self._limit(record, route, ip)
+        self.usage.hit(record.id, ip, now)
+        return Decision(route, record, limit, header)
+
+    # --- steps ------------------------------------------------------------------------------
+
+    async def _public(self, route: MatchedRoute, ip: str | None) -> Decision:
+        if route.rate_limit is None:
+            return Decision(route)
+        result = await self.limiter.hit([(f"ip:{route.index}:{ip}", route.rate_limit)])
+        if not result.admitted:
+            raise Refusal(429, "rate_limited", "too many requests", limit=result,
+                          retry_after=result.retry_after_s)
+        return Decision(route, limit=result)
+
+    async def _lookup(self, token_hash: str) -> TokenRecord | None:
+        try:
+            return await self.cache.lookup(token_hash, self._load, self._count_layer)
+        except StoreUnavailable:
+            raise Refusal(503, "unavailable", "the token store is unreachable; retry shortly",
+                          retry_after=5) from None
+
+    def _count_layer(self, layer: str) -> None:
+        self.metrics.cache_layer[layer].inc()
+
+    async def _load(self, token_hash: str) -> TokenRecord | None:
+        self.metrics.store_lookups.inc()
+        return await self.store.get_by_hash(token_hash)
+
+    @staticmethod
+    def _check_usable(record: TokenRecord, now: datetime) -> None:
+        if record.is_revoked(now) and not record.is_replay(now):
+            raise Refusal(401, "invalid_token", "the token has been revoked")
+        if record.is_expired(now):
+            raise Refusal(401, "invalid_token", "the token has expired")
+
+    async def _replay_check(self, record: TokenRecord, ip: str | None) -> None:
+        if record.grace_until is None or not record.is_replay(self.clock()):
+            return
+        try:
+            await self.authority.check_replay(record, Actor("gateway", ip))
+        except StoreUnavailable:
+            log.warning("replay of %s seen but the store is unreachable", record.id)
+        raise Refusal(401, "invalid_token", "the token has been revoked")
+
+    async def _failed(self, ip: str | None, why: str) -> None:
+        """Count a refused credential per client IP; over the limit is a 429 (brute force)."""
+        self.usage.event("auth_failed", why, ip)
+        limit = self.settings.failed_auth_limit
+        if limit is None:
+            return
+        result = await self.limiter.hit([(f"fail:{ip}", limit)])
+        if not result.admitted:
+            raise Refusal(429, "rate_limited", "too many refused credentials from this address",
+                          retry_after=result.retry_after_s)
+
+    async def _limit(self, record: TokenRecord, route: MatchedRoute,
+                     ip: str | None) -> LimitResult | None:
+        limits: Limits = []
+        own = record.rate_limit or self.settings.default_rate_limit
+        if own is not None:
+            limits.append((f"t:{record.id}", own))
+        if route.rate_limit is not None:
+            limits.append((f"r:{route.index}:{record.id}", route.rate_limit))
+        if not limits:
+            return None
+        result = await self.limiter.hit(limits)
+        if not result.admitted:
+            self.usage.event("rate_limited", "token", ip, record.id, record.subject)
+            raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
+                          limit=result, retry_after=result.retry_after_s)
+        return result
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+_ERROR_CODE = {401: "invalid_token", 403: "insufficient_scope"}
+
+
+def rate_limit_headers(result: LimitResult) -> list[tuple[bytes, bytes]]:
+    q, w = result.limit.limit, result.limit.window_s
+    r, t = result.remaining, result.reset_s
+    return [
+        (b"ratelimit-policy", f'"default";q={q};w={w}'.encode()),
+        (b"ratelimit", f'"default";r={r};t={t}'.encode()),
+        (b"x-ratelimit-limit", str(q).encode()),
+        (b"x-ratelimit-remaining", str(r).encode()),
+        (b"x-ratelimit-reset", str(t).encode()),
+    ]
+
+
+def render_refusal(refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]], dict[str, str]]:
+    """Status, headers and JSON body for a refusal (RFC 6750 where it applies)."""
+    headers: list[tuple[bytes, bytes]] = []
+    if refusal.reason == "no_credential":
+        error = "invalid_request"
+        headers.append((b"www-authenticate", b'Bearer realm="authgate"'))
+    elif refusal.status in _ERROR_CODE:
+        error = _ERROR_CODE[refusal.status]
+        challenge = f'Bearer realm="authgate", error="{error}", ' \
+                    f'error_description="{refusal.description}"'
+        if refusal.scope:
+            challenge += f', scope="{refusal.scope}"'
+        headers.append((b"www-authenticate", challenge.encode()))
+    else:
+        error = {429: "rate_limited", 503: "temporarily_unavailable",
+                 431: "invalid_request"}.get(refusal.status, refusal.reason)
+    if refusal.limit is not None:
+        headers.extend(rate_limit_headers(refusal.limit))
+    if refusal.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, refusal.retry_after)).encode()))
+    return refusal.status, headers, {"error": error, "error_description": refusal.description}
