@@ -34,11 +34,15 @@ def _config(app, listen: str, loop: str) -> uvicorn.Config:  # type: ignore[no-u
     return uvicorn.Config(app, host=host, port=port, lifespan="off", loop=loop, interface="asgi3",
                           http="httptools", log_level="warning", access_log=False,
                           timeout_graceful_shutdown=GRACEFUL_S, server_header=False,
+                          # The client address is the peer's: a client must not choose its IP
+                          # (per-IP limits, X-Forwarded-For) by sending X-Forwarded-For itself.
+                          proxy_headers=False,
                           date_header=False)
 
 
 async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
-                loop: str = "uvloop") -> None:
+                loop: str = "uvloop", shutdown: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``shutdown`` is set, for callers that embed it)."""
     gateway = await Gateway.start(settings)
     servers = [_Server(_config(gateway.proxy_app, settings.listen, loop)),
                _Server(_config(gateway.admin_app(), settings.admin_listen, loop))]
@@ -50,6 +54,9 @@ async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] 
     running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, stop)
+    watcher = asyncio.create_task(shutdown.wait()) if shutdown else None
+    if watcher is not None:
+        watcher.add_done_callback(lambda _: stop())
     try:
         tasks = [asyncio.create_task(s.serve()) for s in servers]
         while not all(s.started for s in servers):
@@ -64,6 +71,8 @@ async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] 
                 await ready(gateway)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.remove_signal_handler(sig)
         await gateway.stop()

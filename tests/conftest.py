@@ -62,14 +62,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("pg_database")
 
 
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[SqlStore]:
-    s = make_store(store_url)
+async def open_empty_store(url: str) -> SqlStore:
+    s = make_store(url)
     await s.open()
     await s.migrate()
     if s.dialect == "postgresql":  # one database per run: empty it between tests
         async with s.driver.transaction() as tx:
             await tx.execute("TRUNCATE tokens, token_events, token_usage_daily")
+    return s
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    s = await open_empty_store(store_url)
     yield s
     await s.close()
 
