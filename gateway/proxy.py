@@ -8,8 +8,8 @@ with one pooled session per upstream.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -105,7 +105,7 @@ def request_id_of(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 200:
             return value
-    return uuid.uuid4().hex.encode()
+    return os.urandom(16).hex().encode()  # as unique as uuid4, at a fraction of the cost
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -142,7 +142,10 @@ class AiohttpForwarder:
             connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60)
             self._sessions[upstream] = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout))
+                # sock_read bounds the wait for the response headers (-> 504) and any stall
+                # in the body after them.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout,
+                                              sock_read=self._timeout))
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
@@ -160,10 +163,9 @@ class AiohttpForwarder:
         body = _request_body(receive) if _has_body(scope["headers"]) else None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._sessions[upstream].request(
-                    scope["method"], URL(upstream + target, encoded=True), headers=headers,
-                    data=body, allow_redirects=False, compress=None)
+            response = await self._sessions[upstream].request(
+                scope["method"], URL(upstream + target, encoded=True), headers=headers,
+                data=body, allow_redirects=False, compress=None)
         except TimeoutError:
             raise UpstreamError(504, "upstream_timeout", "the upstream did not answer in time") \
                 from None
@@ -174,6 +176,10 @@ class AiohttpForwarder:
         try:
             await send({"type": "http.response.start", "status": response.status,
                         "headers": self._rules.response(response.raw_headers) + extra_headers})
+            length = response.content_length
+            if length is not None and length <= CHUNK:  # small: one body message, no iterator
+                await send({"type": "http.response.body", "body": await response.read()})
+                return
             async for chunk in response.content.iter_chunked(CHUNK):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})

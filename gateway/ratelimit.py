@@ -6,6 +6,7 @@ falls back to a per-replica ``MemoryLimiter`` while Redis is unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -90,23 +91,55 @@ _SCRIPT = resources.files("gateway").joinpath("lua", "gcra.lua").read_text("utf-
 
 
 class RedisLimiter:
-    """Shared GCRA in Redis. While Redis is unreachable, limits are per replica (MemoryLimiter)."""
+    """Shared GCRA in Redis. While Redis is unreachable, limits are per replica (MemoryLimiter).
+
+    Hits that arrive in the same event-loop turn go to Redis as one pipeline (one connection
+    checkout, one write, one read): each script still runs atomically on its own, so the limit
+    holds exactly, and under load the per-request Redis cost is shared by the batch.
+    """
 
     def __init__(self, shared, fallback: MemoryLimiter | None = None) -> None:
         self._shared = shared  # gateway.cache.RedisShared: owns the client and its health
         self._script = shared.client.register_script(_SCRIPT)
         self._fallback = fallback or MemoryLimiter()
+        self._batch: list[tuple[list[str], list[int], asyncio.Future[list[int] | None]]] = []
 
     async def hit(self, limits: Limits) -> LimitResult:
         if not self._shared.healthy():
             return self._fallback.hit_now(limits)
         keys = [f"authgate:rl:{key}" for key, _ in limits]
         args = [n for _, limit in limits for n in (limit.limit, limit.window_s)]
-        reply = await self._shared.call(self._script(keys=keys, args=args))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int] | None] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send_batch)
+        self._batch.append((keys, args, future))
+        reply = await future
         if reply is None:  # Redis failed just now
             return self._fallback.hit_now(limits)
         admitted, idx, remaining, reset_ms, retry_ms = (int(x) for x in reply)
         return _result(bool(admitted), limits[idx - 1][1], remaining, reset_ms, retry_ms)
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    _tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
+
+    async def _run_batch(self, batch: list[tuple[list[str], list[int],
+                                                 asyncio.Future[list[int] | None]]]) -> None:
+        async def run() -> list[list[int]]:
+            async with self._shared.client.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    await self._script(keys=keys, args=args, client=pipe)
+                return await pipe.execute()
+
+        replies = await self._shared.call(run())
+        for i, (_, _, future) in enumerate(batch):
+            if not future.done():
+                future.set_result(replies[i] if replies is not None else None)
 
     async def close(self) -> None:
         pass
