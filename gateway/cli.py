@@ -110,11 +110,20 @@ def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 async def _with_store(settings: Settings, fn: Callable[..., Awaitable[T]], *args: Any,
                       **kwargs: Any) -> T:
+    """Open the store (and, with a Redis cache, the invalidation channel: a revoke or rotate
+    from the CLI reaches every running gateway at once, not after its cache TTL)."""
+    from gateway.cache import LocalCache, RedisShared, TokenCache
+
     store = await open_store(settings.store)
+    shared = RedisShared(settings.cache) if settings.cache != "memory://" else None
+    cache = TokenCache(LocalCache(0), shared)
     try:
-        return await fn(TokenAuthority(store, settings), *args, **kwargs)
+        return await fn(TokenAuthority(store, settings, invalidate=cache.invalidate), *args,
+                        **kwargs)
     finally:
         await store.close()
+        if shared is not None:
+            await shared.close()
 
 
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:

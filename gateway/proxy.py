@@ -96,9 +96,9 @@ class HeaderRules:
 
     @staticmethod
     def response(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
-        named = _connection_named(list(raw))
-        return [(n.lower(), v) for n, v in raw
-                if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+        headers = [(n.lower(), v) for n, v in raw]  # aiohttp keeps the upstream's case
+        named = _connection_named(headers)
+        return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
 
 
 def request_id_of(scope: Scope) -> bytes:

@@ -284,3 +284,23 @@ async def test_two_replicas_share_rate_limit_and_revocation(start_gateway, http)
         await asyncio.sleep(0.005)
     elapsed_ms = (time.perf_counter() - started) * 1e3
     print(f"revocation propagation to the other replica: {elapsed_ms:.1f} ms")
+
+
+@pytest.mark.parametrize("backend_pair", ["postgresql+redis"], indirect=True)
+async def test_cli_revocation_reaches_a_running_gateway_at_once(start_gateway, http,
+                                                                backend_pair):
+    import json
+    import os
+    import sys
+
+    rg = await start_gateway(local_cache_ttl_s=60)
+    record, secret = await rg.gateway.authority.create(ADMIN, subject="a", name="b")
+    assert (await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code == 200
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHGATE_")} | {
+        "AUTHGATE_STORE": backend_pair[0], "AUTHGATE_CACHE": backend_pair[1]}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "tokens", "revoke", record.id, "--json", env=env,
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and json.loads(out)["status"] == "revoked"
+    assert (await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code == 401

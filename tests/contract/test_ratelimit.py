@@ -1,0 +1,75 @@
+"""The limiter contract, on the in-process limiter and on the real Redis (Lua GCRA)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.cache import RedisShared
+from gateway.config import RateLimit
+from gateway.ratelimit import MemoryLimiter, RedisLimiter
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiters(request):
+    """Two limiters sharing state, as two replicas would (memory: one process, one limiter)."""
+    if request.param == "memory":
+        m = MemoryLimiter()
+        yield m, m
+        return
+    r = aioredis.from_url(REDIS_URL)
+    await r.flushdb()
+    await r.aclose()
+    shared = [RedisShared(REDIS_URL), RedisShared(REDIS_URL)]
+    yield RedisLimiter(shared[0]), RedisLimiter(shared[1])
+    for s in shared:
+        await s.close()
+
+
+async def test_burst_of_n_then_refusal_with_retry_after(limiters):
+    a, _ = limiters
+    limit = RateLimit(5, 60)
+    results = [await a.hit([("k1", limit)]) for _ in range(7)]
+    assert [r.admitted for r in results] == [True] * 5 + [False] * 2
+    assert [r.remaining for r in results[:5]] == [4, 3, 2, 1, 0]
+    assert 11 <= results[5].retry_after_s <= 13  # one request frees up every 12 s
+    assert results[0].reset_s in (12, 13)
+
+
+async def test_concurrent_hits_from_two_replicas_never_exceed_the_limit(limiters):
+    a, b = limiters
+    limit = RateLimit(25, 60)
+    results = await asyncio.gather(*((a, b)[i % 2].hit([("shared", limit)]) for i in range(200)))
+    assert sum(r.admitted for r in results) == 25
+
+
+async def test_all_limits_must_admit_and_none_is_charged_on_refusal(limiters):
+    a, _ = limiters
+    token, route = RateLimit(10, 60), RateLimit(2, 60)
+    got = [await a.hit([("t", token), ("r", route)]) for _ in range(3)]
+    assert [g.admitted for g in got] == [True, True, False]
+    assert got[2].limit == route  # the refusing policy is the one reported
+    # the refused hit did not charge the token's own limit: 8 remain for other routes
+    other = [await a.hit([("t", token)]) for _ in range(9)]
+    assert sum(o.admitted for o in other) == 8
+
+
+async def test_window_refills(limiters):
+    a, _ = limiters
+    limit = RateLimit(2, 1)
+    assert [(await a.hit([("w", limit)])).admitted for _ in range(3)] == [True, True, False]
+    await asyncio.sleep(1.05)
+    assert (await a.hit([("w", limit)])).admitted
+
+
+async def test_redis_unreachable_falls_back_to_per_replica_limits():
+    shared = RedisShared("redis://127.0.0.1:1/0")
+    limiter = RedisLimiter(shared)
+    results = [await limiter.hit([("x", RateLimit(2, 60))]) for _ in range(3)]
+    assert [r.admitted for r in results] == [True, True, False]
+    assert not shared.healthy()
+    await shared.close()
