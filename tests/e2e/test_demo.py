@@ -1,0 +1,41 @@
+"""`authgate demo` prints a curl line that works when pasted."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.e2e.conftest import free_port
+
+
+def test_demo_curl_line_works():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHGATE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = ""
+        deadline = time.monotonic() + 30
+        while "curl -s -H" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            line = proc.stdout.readline()
+        args = shlex.split(line.strip())
+        assert args[:3] == ["curl", "-s", "-H"]
+        name, _, value = args[3].partition(": ")
+        r = httpx.get(args[4], headers={name: value}, timeout=10)
+        assert r.status_code == 200
+        seen = {k.lower(): v for k, v in r.json()["headers"].items()}
+        assert seen["x-auth-subject"] == "demo-user" and "authorization" not in seen
+        assert httpx.get(args[4], timeout=10).status_code == 401
+        assert re.fullmatch(r"Bearer agt_[0-9A-Za-z]{38}", value)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
