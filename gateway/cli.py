@@ -11,7 +11,8 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
@@ -84,26 +85,31 @@ def _settings(ctx: click.Context) -> Settings:
     return load_settings(params.get("config"), flags=flags)
 
 
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Our errors -> one line on stderr and exit 1; a bad value -> click's usage error (exit 2)."""
+    try:
+        yield
+    except ConfigError as e:
+        for problem in e.problems:
+            click.echo(f"Error: config: {problem}", err=True)
+        sys.exit(1)
+    except InvalidInput as e:
+        option = _OPTION_FOR.get(e.field, "--" + e.field.replace("_", "-"))
+        raise click.BadParameter(e.message, param_hint=f"'{option}'") from None
+    except AuthgateError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
+
+
 def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Run an async command body with an opened store; map our errors to exit codes."""
+    """Run an async command body with an opened store, under ``exit_codes``."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        ctx = click.get_current_context()
-        try:
-            settings = _settings(ctx)
+        with exit_codes():
+            settings = _settings(click.get_current_context())
             return asyncio.run(_with_store(settings, fn, *args, **kwargs))
-        except ConfigError as e:
-            for problem in e.problems:
-                click.echo(f"Error: config: {problem}", err=True)
-            ctx.exit(1)
-        except InvalidInput as e:
-            option = _OPTION_FOR.get(e.field, "--" + e.field.replace("_", "-"))
-            raise click.BadParameter(e.message, param_hint=f"'{option}'") from None
-        except AuthgateError as e:
-            click.echo(f"Error: {e}", err=True)
-            ctx.exit(1)
-        raise AssertionError("unreachable")
 
     return wrapper
 
@@ -172,17 +178,8 @@ def serve(config: str | None, **flags: str | None) -> None:
     """Run the proxy and admin listeners."""
     from gateway.server import run as run_server
 
-    ctx = click.get_current_context()
-    try:
-        settings = load_settings(config, flags=flags)
-        run_server(settings)
-    except ConfigError as e:
-        for problem in e.problems:
-            click.echo(f"Error: config: {problem}", err=True)
-        ctx.exit(1)
-    except AuthgateError as e:
-        click.echo(f"Error: {e}", err=True)
-        ctx.exit(1)
+    with exit_codes():
+        run_server(load_settings(config, flags=flags))
 
 
 @main.command()
@@ -191,28 +188,16 @@ def demo(port: int) -> None:
     """An echo upstream + the gateway on the embedded defaults + a token + a curl line."""
     from gateway.demo import run_demo
 
-    try:
+    with exit_codes():
         run_demo(port)
-    except AuthgateError as e:
-        click.echo(f"Error: {e}", err=True)
-        click.get_current_context().exit(1)
 
 
 @main.command()
 @store_options
 def migrate(config: str | None, store: str | None) -> None:
     """Apply pending schema migrations (idempotent)."""
-    ctx = click.get_current_context()
-    try:
-        settings = _settings(ctx)
-        applied = asyncio.run(_migrate(settings.store))
-    except ConfigError as e:
-        for problem in e.problems:
-            click.echo(f"Error: config: {problem}", err=True)
-        ctx.exit(1)
-    except AuthgateError as e:
-        click.echo(f"Error: {e}", err=True)
-        ctx.exit(1)
+    with exit_codes():
+        applied = asyncio.run(_migrate(_settings(click.get_current_context()).store))
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -428,6 +413,3 @@ async def events(auth: TokenAuthority, token_id: str | None, subject: str | None
         click.echo(f"{e['at']}  {e['type']:<24} {e['token_id'] or '-':<21} "
                    f"{e['subject'] or '-':<16} {e['actor']}  {details}")
 
-
-def entrypoint() -> None:  # pragma: no cover - console script shim
-    sys.exit(main())

@@ -103,6 +103,7 @@ class RedisLimiter:
         self._script = shared.client.register_script(_SCRIPT)
         self._fallback = fallback or MemoryLimiter()
         self._batch: list[tuple[list[str], list[int], asyncio.Future[list[int] | None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
 
     async def hit(self, limits: Limits) -> LimitResult:
         if not self._shared.healthy():
@@ -125,8 +126,6 @@ class RedisLimiter:
         task = asyncio.get_running_loop().create_task(self._run_batch(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    _tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
 
     async def _run_batch(self, batch: list[tuple[list[str], list[int],
                                                  asyncio.Future[list[int] | None]]]) -> None:

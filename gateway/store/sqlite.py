@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -89,7 +90,16 @@ class SqliteDriver:
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        folder = os.path.dirname(self.path) or "."
+        if not os.path.isdir(folder):
+            raise StoreUnavailable(f"SQLite unavailable: directory {folder} does not exist")
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            # aiosqlite stops its worker thread without waiting; let it finish while this
+            # event loop still runs, or it reports to a closed loop later.
+            await asyncio.sleep(0.05)
+            raise
         db.row_factory = sqlite3.Row
         # execute_fetchall finalises each statement, so no pragma holds a lock afterwards.
         await db.execute_fetchall("PRAGMA busy_timeout = 5000")
