@@ -91,7 +91,7 @@ class SqliteDriver:
 
     async def _connect(self) -> aiosqlite.Connection:
         folder = os.path.dirname(self.path) or "."
-        if not os.path.isdir(folder):
+        if not os.path.isdir(folder):  # noqa: ASYNC240 - one stat, once, at start
             raise StoreUnavailable(f"SQLite unavailable: directory {folder} does not exist")
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
