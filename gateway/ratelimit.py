@@ -7,12 +7,15 @@ falls back to a per-replica ``MemoryLimiter`` while Redis is unreachable.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
+
+from redis.exceptions import NoScriptError
 
 from gateway.config import RateLimit
 
@@ -100,7 +103,7 @@ class RedisLimiter:
 
     def __init__(self, shared, fallback: MemoryLimiter | None = None) -> None:
         self._shared = shared  # gateway.cache.RedisShared: owns the client and its health
-        self._script = shared.client.register_script(_SCRIPT)
+        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._fallback = fallback or MemoryLimiter()
         self._batch: list[tuple[list[str], list[int], asyncio.Future[list[int] | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
@@ -130,10 +133,19 @@ class RedisLimiter:
     async def _run_batch(self, batch: list[tuple[list[str], list[int],
                                                  asyncio.Future[list[int] | None]]]) -> None:
         async def run() -> list[list[int]]:
-            async with self._shared.client.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    await self._script(keys=keys, args=args, client=pipe)
-                return await pipe.execute()
+            # Plain EVALSHA: redis-py's Script objects add a SCRIPT EXISTS round trip to
+            # every pipeline. The script is (re)loaded only when Redis says it lacks it.
+            for attempt in (1, 2):
+                async with self._shared.client.pipeline(transaction=False) as pipe:
+                    for keys, args, _ in batch:
+                        pipe.evalsha(self._sha, len(keys), *keys, *args)
+                    try:
+                        return await pipe.execute()
+                    except NoScriptError:
+                        if attempt == 2:
+                            raise
+                        await self._shared.client.script_load(_SCRIPT)
+            raise AssertionError("unreachable")
 
         replies = await self._shared.call(run())
         for i, (_, _, future) in enumerate(batch):

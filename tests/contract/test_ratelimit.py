@@ -23,6 +23,7 @@ async def limiters(request):
         return
     r = aioredis.from_url(REDIS_URL)
     await r.flushdb()
+    await r.script_flush()  # as after a Redis restart: the limiter must load its script again
     await r.aclose()
     shared = [RedisShared(REDIS_URL), RedisShared(REDIS_URL)]
     yield RedisLimiter(shared[0]), RedisLimiter(shared[1])
