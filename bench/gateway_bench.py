@@ -136,7 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--skip-postgres", action="store_true")
-    ap.add_argument("--rounds", type=int, default=2,
+    ap.add_argument("--rounds", type=int, default=3,
                     help="measure every target this many times, interleaved; report the median")
     opts = ap.parse_args()
     if not shutil.which("wrk"):

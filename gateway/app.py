@@ -35,6 +35,7 @@ from gateway.store import STATUSES, SqlStore, open_store
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("authgate")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 TOKEN_GAUGE_INTERVAL_S = 30
 
 
@@ -132,7 +133,9 @@ class Gateway:
             Route("/healthz", self._healthz),
             Route("/readyz", self._readyz),
             Route("/metrics", self._metrics),
-            Route("/v1/authorize", self._authorize, methods=["GET", "POST", "HEAD"]),
+            # Envoy's ext_authz appends the original path: /v1/authorize/<path>.
+            Route("/v1/authorize", self._authorize, methods=_ALL_METHODS),
+            Route("/v1/authorize/{path:path}", self._authorize, methods=_ALL_METHODS),
         ])
 
     async def _healthz(self, request: Request) -> Response:
@@ -155,7 +158,8 @@ class Gateway:
         """Forward-auth decision: the same pipeline as the proxy, on the original method/URI."""
         h = request.headers
         method = h.get("x-forwarded-method") or request.method
-        uri = h.get("x-forwarded-uri") or h.get("x-original-uri") or "/"
+        uri = (h.get("x-forwarded-uri") or h.get("x-original-uri")
+               or "/" + request.path_params.get("path", ""))
         path = uri.split("?", 1)[0] or "/"
         client = request.client
         try:

@@ -233,6 +233,11 @@ async def test_forward_auth_decision_endpoint(start_gateway, http):
     r = await http.get(f"{rg.admin}/v1/authorize", headers={**bearer(secret),
                                                              "X-Original-URI": "/admin/z"})
     assert r.status_code == 403
+    # Envoy ext_authz style: the original method, and the original path after the prefix
+    r = await http.delete(f"{rg.admin}/v1/authorize/admin/z", headers=bearer(secret))
+    assert r.status_code == 403
+    r = await http.put(f"{rg.admin}/v1/authorize/other", headers=bearer(secret))
+    assert r.status_code == 200
     r = await http.post(f"{rg.admin}/v1/authorize", headers={"X-Forwarded-Method": "GET"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="authgate"'
     # never on the proxy port: that path is forwarded like any other
