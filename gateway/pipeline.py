@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import tokens
@@ -52,13 +52,11 @@ class Decision:
     route: MatchedRoute
     record: TokenRecord | None = None  # None on an auth: none route
     limit: LimitResult | None = None
-    credential_header: bytes | None = None  # what to strip before forwarding
-    extra: dict[str, str] = field(default_factory=dict)
 
 
-def extract_credential(headers: Headers, api_key_header: bytes | None) -> tuple[str, bytes]:
-    """Return (token, header name); raise Refusal for none, or for oversized headers."""
-    found: tuple[str, bytes] | None = None
+def extract_credential(headers: Headers, api_key_header: bytes | None) -> str:
+    """Return the presented token; raise Refusal for none, or for oversized headers."""
+    found: str | None = None
     size = 0
     for name, value in headers:
         size += len(name) + len(value)
@@ -67,9 +65,9 @@ def extract_credential(headers: Headers, api_key_header: bytes | None) -> tuple[
         if name == b"authorization":
             scheme, _, rest = value.partition(b" ")
             if scheme.lower() == b"bearer" and rest.strip():
-                found = (rest.strip().decode("latin-1"), name)
+                found = rest.strip().decode("latin-1")
         elif name == api_key_header and value.strip():
-            found = (value.strip().decode("latin-1"), name)
+            found = value.strip().decode("latin-1")
     if size > MAX_HEADER_BYTES:
         raise Refusal(431, "bad_request", "request headers too large")
     if found is None:
@@ -98,7 +96,7 @@ class Pipeline:
         route = self.router.match(path, method)
         if not route.auth_required:
             return await self._public(route, ip)
-        raw, header = extract_credential(headers, self._api_key_header)
+        raw = extract_credential(headers, self._api_key_header)
         try:
             parsed = tokens.parse(raw, self.settings.token_prefix)
         except tokens.MalformedToken:
@@ -119,7 +117,7 @@ class Pipeline:
                           scope=" ".join(route.scopes))
         limit = await self._limit(record, route, ip)
         self.usage.hit(record.id, ip, now)
-        return Decision(route, record, limit, header)
+        return Decision(route, record, limit)
 
     # --- steps ------------------------------------------------------------------------------
 
