@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,6 +45,11 @@ async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] 
                 loop: str = "uvloop", shutdown: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``shutdown`` is set, for callers that embed it)."""
     gateway = await Gateway.start(settings)
+    # Everything built so far lives as long as the process: keep it out of the collector's
+    # scans, and collect the young generation less often (fewer pauses on the hot path).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
     servers = [_Server(_config(gateway.proxy_app, settings.listen, loop)),
                _Server(_config(gateway.admin_app(), settings.admin_listen, loop))]
 
