@@ -156,6 +156,9 @@ class Pipeline:
             await self.authority.check_replay(record, Actor("gateway", ip))
         except StoreUnavailable:
             log.warning("replay of %s seen but the store is unreachable", record.id)
+        # Each replay writes to the store: count it against the client's refused credentials
+        # too, so one address cannot turn a stolen old token into a stream of writes.
+        await self._failed(ip, "replay")
         raise Refusal(401, "invalid_token", "the token has been revoked")
 
     async def _failed(self, ip: str | None, why: str) -> None:

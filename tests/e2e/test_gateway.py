@@ -309,3 +309,12 @@ async def test_cli_revocation_reaches_a_running_gateway_at_once(start_gateway, h
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and json.loads(out)["status"] == "revoked"
     assert (await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code == 401
+
+
+async def test_repeated_replays_count_as_refused_credentials(start_gateway, http):
+    rg = await start_gateway(failed_auth_limit="2/minute")
+    old, old_secret = await rg.gateway.authority.create(ADMIN, subject="a", name="b")
+    await rg.gateway.authority.rotate(ADMIN, old.id, 0)  # no grace: the old secret is dead
+    codes = [(await http.get(f"{rg.proxy}/echo", headers=bearer(old_secret))).status_code
+             for _ in range(4)]
+    assert codes == [401, 401, 429, 429]
