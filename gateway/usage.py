@@ -30,6 +30,9 @@ class UsageRecorder:
         self._events: dict[tuple[str, str | None, str | None, str | None], list] = {}
         self._oldest: float | None = None
         self._task: asyncio.Task[None] | None = None
+        # One flush at a time: a caller's flush (or shutdown's) waits for one in progress, so
+        # "flush() returned" means everything counted before it is written.
+        self._lock = asyncio.Lock()
 
     def hit(self, token_id: str, ip: str | None, now: datetime) -> None:
         u = self._usage.get(token_id)
@@ -77,6 +80,10 @@ class UsageRecorder:
             entry[0] += e.details["count"]
 
     async def flush(self) -> int:
+        async with self._lock:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not self._usage and not self._events:
             self._metrics.flush_lag.set(0)
             return 0
@@ -100,7 +107,8 @@ class UsageRecorder:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self.flush()
+            # Shielded: cancelling the loop at shutdown must not drop a batch mid-write.
+            await asyncio.shield(self.flush())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
