@@ -74,6 +74,7 @@ class Gateway:
         """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""
         if self._gauge_task is not None:
             self._gauge_task.cancel()
+            await asyncio.gather(self._gauge_task, return_exceptions=True)
         await self.usage.stop()
         await self.cache.close()
         await self.forwarder.close()
