@@ -27,7 +27,14 @@ from gateway.cache import LocalCache, RedisShared, TokenCache
 from gateway.config import Settings
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.pipeline import Decision, Pipeline, Refusal, rate_limit_headers, render_refusal
+from gateway.pipeline import (
+    Decision,
+    Pipeline,
+    Refusal,
+    identity_headers,
+    rate_limit_headers,
+    render_refusal,
+)
 from gateway.proxy import AiohttpForwarder, Receive, Scope, Send, UpstreamError, request_id_of
 from gateway.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from gateway.routes import Router
@@ -177,11 +184,8 @@ class Gateway:
     def _identity_headers(self, decision: Decision) -> dict[str, str]:
         out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
             if decision.limit else {}
-        record = decision.record
-        if record is not None:
-            ih = self.settings.identity_headers
-            out |= {ih.subject: record.subject, ih.token_id: record.id,
-                    ih.token_name: record.name, ih.scopes: " ".join(record.scopes)}
+        if decision.record is not None:
+            out |= dict(identity_headers(self.settings.identity_headers, decision.record))
         return out
 
 

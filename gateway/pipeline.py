@@ -23,7 +23,7 @@ from datetime import datetime
 from gateway import tokens
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
-from gateway.config import Settings
+from gateway.config import IdentityHeaders, Settings
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, Limits, RateLimiter
@@ -52,6 +52,12 @@ class Decision:
     route: MatchedRoute
     record: TokenRecord | None = None  # None on an auth: none route
     limit: LimitResult | None = None
+
+
+def identity_headers(names: IdentityHeaders, record: TokenRecord) -> list[tuple[str, str]]:
+    """The identity the upstream (proxy) or the calling proxy (forward auth) receives."""
+    return [(names.subject, record.subject), (names.token_id, record.id),
+            (names.token_name, record.name), (names.scopes, " ".join(record.scopes))]
 
 
 def extract_credential(headers: Headers, api_key_header: bytes | None) -> str:

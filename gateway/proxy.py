@@ -18,7 +18,7 @@ from yarl import URL
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
-from gateway.pipeline import Decision
+from gateway.pipeline import Decision, identity_headers
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -52,9 +52,9 @@ class HeaderRules:
     """What goes to the upstream and what comes back (SPEC §6)."""
 
     def __init__(self, settings: Settings) -> None:
-        ih = settings.identity_headers
-        self._identity = (ih.subject, ih.token_id, ih.token_name, ih.scopes)
-        self._identity_lower = frozenset(h.lower().encode() for h in self._identity)
+        ih = self._names = settings.identity_headers
+        names = (ih.subject, ih.token_id, ih.token_name, ih.scopes)
+        self._identity_lower = frozenset(h.lower().encode() for h in names)
         api_key = settings.api_key_header
         self._credential = {b"authorization"} | ({api_key.lower().encode()} if api_key else set())
 
@@ -87,11 +87,8 @@ class HeaderRules:
         if host is not None:
             out.append(("X-Forwarded-Host", host.decode("latin-1")))
         out.append(("X-Request-Id", request_id.decode("latin-1")))
-        record = decision.record
-        if record is not None:
-            out.extend(zip(self._identity,
-                           (record.subject, record.id, record.name, " ".join(record.scopes)),
-                           strict=True))
+        if decision.record is not None:
+            out.extend(identity_headers(self._names, decision.record))
         return out
 
     @staticmethod
