@@ -2,7 +2,7 @@
 the two ASGI apps on them. ``Gateway.start`` / ``stop`` own every long-lived resource.
 
 The proxy is a plain ASGI callable (measured faster than a Starlette catch-all route); the admin
-listener is a Starlette app.
+listener is a FastAPI app (``gateway.admin``): its OpenAPI document comes from typed models.
 """
 
 from __future__ import annotations
@@ -15,26 +15,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from prometheus_client import generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from fastapi import FastAPI
 
 from gateway.authority import TokenAuthority, utcnow
 from gateway.cache import LocalCache, RedisShared, TokenCache
 from gateway.config import Settings
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.pipeline import (
-    Decision,
-    Pipeline,
-    Refusal,
-    identity_headers,
-    rate_limit_headers,
-    render_refusal,
-)
+from gateway.pipeline import Pipeline, Refusal, rate_limit_headers, render_refusal
 from gateway.proxy import AiohttpForwarder, Receive, Scope, Send, UpstreamError, request_id_of
 from gateway.ratelimit import MemoryLimiter, RateLimiter, RedisLimiter
 from gateway.routes import Router
@@ -42,7 +30,6 @@ from gateway.store import STATUSES, SqlStore, open_store
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("authgate")
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 TOKEN_GAUGE_INTERVAL_S = 30
 
 
@@ -136,57 +123,10 @@ class Gateway:
 
     # --- the admin listener -------------------------------------------------------------------
 
-    def admin_app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/healthz", self._healthz),
-            Route("/readyz", self._readyz),
-            Route("/metrics", self._metrics),
-            # Envoy's ext_authz appends the original path: /v1/authorize/<path>.
-            Route("/v1/authorize", self._authorize, methods=_ALL_METHODS),
-            Route("/v1/authorize/{path:path}", self._authorize, methods=_ALL_METHODS),
-        ])
+    def admin_app(self) -> FastAPI:
+        from gateway.admin import build_admin_app
 
-    async def _healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def _readyz(self, request: Request) -> Response:
-        try:
-            async with asyncio.timeout(2):
-                await self.store.ping()
-        except (StoreUnavailable, TimeoutError):
-            return JSONResponse({"status": "unavailable", "store": "down"}, status_code=503)
-        if self.shared is not None and not await self.shared.ping():
-            return JSONResponse({"status": "degraded", "store": "ok", "cache": "down"})
-        return JSONResponse({"status": "ok"})
-
-    async def _metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def _authorize(self, request: Request) -> Response:
-        """Forward-auth decision: the same pipeline as the proxy, on the original method/URI."""
-        h = request.headers
-        method = h.get("x-forwarded-method") or request.method
-        uri = (h.get("x-forwarded-uri") or h.get("x-original-uri")
-               or "/" + request.path_params.get("path", ""))
-        path = uri.split("?", 1)[0] or "/"
-        client = request.client
-        try:
-            decision = await self.pipeline.decide(method.upper(), path, request.scope["headers"],
-                                                  client.host if client else None)
-        except Refusal as refusal:
-            status, headers, body = render_refusal(refusal)
-            self.metrics.outcome[refusal.reason].inc()
-            return JSONResponse(body, status, headers={k.decode(): v.decode()
-                                                       for k, v in headers})
-        self.metrics.outcome["ok"].inc()
-        return Response(status_code=200, headers=self._identity_headers(decision))
-
-    def _identity_headers(self, decision: Decision) -> dict[str, str]:
-        out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
-            if decision.limit else {}
-        if decision.record is not None:
-            out |= dict(identity_headers(self.settings.identity_headers, decision.record))
-        return out
+        return build_admin_app(self)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, str],

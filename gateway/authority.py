@@ -11,7 +11,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway import tokens
@@ -356,6 +356,17 @@ class TokenAuthority:
         return await self.store.cleanup(now - timedelta(seconds=seconds), event)
 
     # --- analytics and audit -----------------------------------------------------------------
+
+    async def usage(self, token_id: str, days: int = 30, ips: int = 10
+                    ) -> tuple[list[tuple[date, int]], list[tuple[str, datetime, int]]]:
+        """Requests per UTC day for the last ``days`` days (zeros included, oldest first) and
+        the addresses it was used from most recently. Counts lag by one usage flush."""
+        today = self.clock().date()
+        since = today - timedelta(days=days - 1)
+        counted = dict(await self.store.daily_usage(token_id, since))
+        per_day = [(since + timedelta(days=i), counted.get(since + timedelta(days=i), 0))
+                   for i in range(days)]
+        return per_day, await self.store.recent_ips(token_id, ips)
 
     async def stats(self, top: int = 10) -> Stats:
         return await self.store.stats(self.clock(), top)

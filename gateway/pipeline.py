@@ -102,28 +102,37 @@ class Pipeline:
         route = self.router.match(path, method)
         if not route.auth_required:
             return await self._public(route, ip)
-        raw = extract_credential(headers, self._api_key_header)
-        try:
-            parsed = tokens.parse(raw, self.settings.token_prefix)
-        except tokens.MalformedToken:
-            self.metrics.malformed.inc()
-            await self._failed(ip, "malformed")
-            raise Refusal(401, "invalid_token", "the token is malformed") from None
-        record = await self._lookup(self._hash(parsed.plaintext))
-        now = self.clock()
-        if record is None:
-            await self._failed(ip, "unknown")
-            raise Refusal(401, "invalid_token", "the token is unknown")
-        self._check_usable(record, now)
-        if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
-            await self._replay(record, ip)
+        record = await self.verify(extract_credential(headers, self._api_key_header), ip)
         missing = tokens.has_scopes(record.scopes, route.scopes)
         if missing is not None:
             raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
                           scope=" ".join(route.scopes))
         limit = await self._limit(record, route, ip)
-        self.usage.hit(record.id, ip, now)
+        self.usage.hit(record.id, ip, self.clock())
         return Decision(route, record, limit)
+
+    async def verify(self, raw: str, ip: str | None, *, count_failures: bool = True) -> TokenRecord:
+        """Steps 3-5 for a presented token: parse, look up, check. The one place a token is
+        judged usable: the proxy, forward auth, admin callers and introspection all call it.
+
+        ``count_failures`` charges a refused credential to ``ip`` (brute-force limit); off for
+        introspection, where the caller is an authenticated client asking about someone else's.
+        """
+        try:
+            parsed = tokens.parse(raw, self.settings.token_prefix)
+        except tokens.MalformedToken:
+            self.metrics.malformed.inc()
+            await self._failed(ip, "malformed", count_failures)
+            raise Refusal(401, "invalid_token", "the token is malformed") from None
+        record = await self._lookup(self._hash(parsed.plaintext))
+        now = self.clock()
+        if record is None:
+            await self._failed(ip, "unknown", count_failures)
+            raise Refusal(401, "invalid_token", "the token is unknown")
+        self._check_usable(record, now)
+        if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
+            await self._replay(record, ip, count_failures)
+        return record
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -157,21 +166,21 @@ class Pipeline:
         if record.is_expired(now):
             raise Refusal(401, "invalid_token", "the token has expired")
 
-    async def _replay(self, record: TokenRecord, ip: str | None) -> None:
+    async def _replay(self, record: TokenRecord, ip: str | None, count: bool) -> None:
         try:
             await self.authority.check_replay(record, Actor("gateway", ip))
         except StoreUnavailable:
             log.warning("replay of %s seen but the store is unreachable", record.id)
         # Each replay writes to the store: count it against the client's refused credentials
         # too, so one address cannot turn a stolen old token into a stream of writes.
-        await self._failed(ip, "replay")
+        await self._failed(ip, "replay", count)
         raise Refusal(401, "invalid_token", "the token has been revoked")
 
-    async def _failed(self, ip: str | None, why: str) -> None:
+    async def _failed(self, ip: str | None, why: str, count: bool = True) -> None:
         """Count a refused credential per client IP; over the limit is a 429 (brute force)."""
         self.usage.event("auth_failed", why, ip)
         limit = self.settings.failed_auth_limit
-        if limit is None:
+        if limit is None or not count:
             return
         result = await self.limiter.hit([(f"fail:{ip}", limit)])
         if not result.admitted:

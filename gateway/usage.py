@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.store import Event, TokenStore, Usage
 
 log = logging.getLogger("authgate.usage")
+MAX_IPS_PER_FLUSH = 32  # addresses kept per token per batch: bounded memory under churn
 
 
 class UsageRecorder:
@@ -44,6 +45,12 @@ class UsageRecorder:
         u.last_used_at, u.last_used_ip = now, ip
         day = now.date()
         u.per_day[day] = u.per_day.get(day, 0) + 1
+        if ip is not None:
+            seen = u.ips.get(ip)
+            if seen is not None:
+                u.ips[ip] = (now, seen[1] + 1)
+            elif len(u.ips) < MAX_IPS_PER_FLUSH:
+                u.ips[ip] = (now, 1)
 
     def event(self, type_: str, reason: str, ip: str | None, token_id: str | None = None,
               subject: str | None = None) -> None:
@@ -74,6 +81,9 @@ class UsageRecorder:
             mine.count += u.count
             for day, n in u.per_day.items():
                 mine.per_day[day] = mine.per_day.get(day, 0) + n
+            for ip, (seen, n) in u.ips.items():
+                old = mine.ips.get(ip)
+                mine.ips[ip] = (max(seen, old[0]), old[1] + n) if old else (seen, n)
         for e in events:
             key = (e.type, e.token_id, e.ip, e.details["reason"])
             entry = self._events.setdefault(key, [0, e.subject, e.at])

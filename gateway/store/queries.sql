@@ -31,12 +31,18 @@ DELETE FROM tokens WHERE id = $1
 -- name: delete_usage
 DELETE FROM token_usage_daily WHERE token_id = $1
 
+-- name: delete_usage_ips
+DELETE FROM token_usage_ips WHERE token_id = $1
+
 -- name: cleanup_tokens
 DELETE FROM tokens
 WHERE (revoked_at IS NOT NULL AND revoked_at < $1) OR (expires_at IS NOT NULL AND expires_at < $1)
 
 -- name: cleanup_usage
 DELETE FROM token_usage_daily WHERE token_id NOT IN (SELECT id FROM tokens)
+
+-- name: cleanup_usage_ips
+DELETE FROM token_usage_ips WHERE token_id NOT IN (SELECT id FROM tokens)
 
 -- name: insert_event
 INSERT INTO token_events (type, token_id, subject, actor, ip, user_agent, at, details)
@@ -86,3 +92,14 @@ ON CONFLICT (token_id, day) DO UPDATE SET count = token_usage_daily.count + excl
 
 -- name: daily_usage
 SELECT day, count FROM token_usage_daily WHERE token_id = $1 AND day >= $2 ORDER BY day
+
+-- name: add_usage_ip
+INSERT INTO token_usage_ips (token_id, ip, last_seen_at, count) VALUES ($1, $2, $3, $4)
+ON CONFLICT (token_id, ip) DO UPDATE SET
+    count = token_usage_ips.count + excluded.count,
+    last_seen_at = CASE WHEN token_usage_ips.last_seen_at < excluded.last_seen_at
+                        THEN excluded.last_seen_at ELSE token_usage_ips.last_seen_at END
+
+-- name: recent_ips
+SELECT ip, last_seen_at, count FROM token_usage_ips WHERE token_id = $1
+ORDER BY last_seen_at DESC, ip LIMIT $2

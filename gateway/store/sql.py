@@ -257,6 +257,7 @@ class SqlStore:
                 return None
             await tx.execute(Q("delete_token"), token_id)
             await tx.execute(Q("delete_usage"), token_id)
+            await tx.execute(Q("delete_usage_ips"), token_id)
             await tx.execute(Q("insert_event"), *_event_row(event))
             return _record(row)
 
@@ -275,6 +276,7 @@ class SqlStore:
         async with self.driver.transaction() as tx:
             deleted = await tx.execute(Q("cleanup_tokens"), before)
             await tx.execute(Q("cleanup_usage"))
+            await tx.execute(Q("cleanup_usage_ips"))
             await tx.execute(Q("insert_event"), *_event_row(event.with_details(deleted=deleted)))
             return deleted
 
@@ -297,6 +299,8 @@ class SqlStore:
                 (u.token_id, u.count, u.last_used_at, u.last_used_ip) for u in usage])
             await tx.executemany(Q("add_daily_usage"), [
                 (u.token_id, day, n) for u in usage for day, n in u.per_day.items()])
+            await tx.executemany(Q("add_usage_ip"), [
+                (u.token_id, ip, seen, n) for u in usage for ip, (seen, n) in u.ips.items()])
             if events:
                 await tx.executemany(Q("insert_event"), [_event_row(e) for e in events])
 
@@ -304,6 +308,11 @@ class SqlStore:
         rows = await self.driver.fetch(Q("daily_usage"), token_id, since)
         return [(r["day"] if isinstance(r["day"], date) else date.fromisoformat(r["day"]),
                  int(r["count"])) for r in rows]
+
+    async def recent_ips(self, token_id: str, limit: int = 10) -> list[tuple[str, datetime, int]]:
+        rows = await self.driver.fetch(Q("recent_ips"), token_id, limit)
+        return [(r["ip"], _time(r["last_seen_at"]), int(r["count"]))  # type: ignore[misc]
+                for r in rows]
 
     # --- events ---------------------------------------------------------------------------
 

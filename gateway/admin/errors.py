@@ -1,0 +1,88 @@
+"""Every admin-API error as SPEC's JSON ``{"error", "error_description"}``, rendered here only.
+
+    RequestValidationError   422 (400 for a body that is not JSON), naming the field
+    InvalidInput             422, naming the field
+    NotFound                 404        Refused            409
+    Forbidden                403 insufficient_scope (names the scope)
+    Refusal                  as on the proxy: 401 / 429 / 503 (pipeline.render_refusal)
+    StoreUnavailable         503 with Retry-After
+    HTTPException            its status (unknown path, method, body too large)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.admin.access import Forbidden, refusal_from_forbidden
+from gateway.errors import InvalidInput, NotFound, Refused, StoreUnavailable
+from gateway.pipeline import Refusal, render_refusal
+
+_HTTP_ERRORS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                413: "request_too_large", 415: "unsupported_media_type"}
+
+
+def error(status: int, code: str, description: str,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "error_description": description}, status,
+                        headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc) or "request"
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return error(400, "invalid_request", "body: is not valid JSON")
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return error(422, "invalid_request", f"{_field(first['loc'])}: {msg}")
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidInput)
+    return error(422, "invalid_request", f"{exc.field}: {exc.message}")
+
+
+async def _refusal(request: Request, exc: Exception) -> JSONResponse:
+    refusal = refusal_from_forbidden(exc) if isinstance(exc, Forbidden) else exc
+    assert isinstance(refusal, Refusal)
+    status, headers, body = render_refusal(refusal)
+    return JSONResponse(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, _HTTP_ERRORS.get(exc.status_code, "invalid_request"),
+                 str(exc.detail), exc.headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(InvalidInput, _invalid)
+    app.add_exception_handler(Refusal, _refusal)
+    app.add_exception_handler(Forbidden, _refusal)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Refused, _conflict)
+    app.add_exception_handler(StoreUnavailable, _unavailable)
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return error(404, "not_found", str(exc))
+
+
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return error(409, "conflict", str(exc))
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return error(503, "temporarily_unavailable", "the token store is unreachable; retry shortly",
+                 {"retry-after": "5"})

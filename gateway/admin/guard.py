@@ -1,0 +1,78 @@
+"""Pure-ASGI guard in front of the admin listener's API.
+
+- Bodies over ``MAX_BODY_BYTES`` are refused with 413, by Content-Length or while streaming.
+- CSRF: the API authenticates by an ``Authorization`` header, which a browser never attaches on
+  its own, so a forged cross-site request carries no credential. As a second line, a
+  state-changing request that a browser marks as cross-site (``Sec-Fetch-Site``) or whose
+  ``Origin`` is not this listener is refused with 403 before it reaches a handler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.exceptions import HTTPException
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY_BYTES = 64 * 1024
+_SAFE = {"GET", "HEAD", "OPTIONS"}
+
+
+class AdminGuard:
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k: v for k, v in scope["headers"]}
+        if scope["method"] not in _SAFE and _cross_site(headers):
+            await _refuse(send, 403, "cross_site_request",
+                          "cross-site state-changing requests are refused")
+            return
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            await _refuse(send, 413, "request_too_large",
+                          f"the body must be at most {self.max_body} bytes")
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise HTTPException(413, f"the body must be at most {self.max_body} bytes")
+            return message
+
+        return limited
+
+
+def _cross_site(headers: dict[bytes, bytes]) -> bool:
+    if headers.get(b"sec-fetch-site", b"same-origin") not in (b"same-origin", b"none"):
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False  # not a browser's cross-origin request (curl, scripts, the CLI)
+    host = headers.get(b"host", b"")
+    return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host
+
+
+async def _refuse(send: Send, status: int, code: str, description: str) -> None:
+    body = json.dumps({"error": code, "error_description": description}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,213 @@
+"""The admin API's request and response models: the single source of ``/openapi.json``.
+
+Requests refuse unknown fields (422) and carry the same limits the authority enforces, so the
+schema tells clients (and the API fuzzer) what is valid. Responses are validated on the way out,
+so the document cannot drift from what the server sends.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from gateway.authority import MAX_GRACE_S, MAX_METADATA_BYTES, MAX_PAGE, MAX_TEXT
+
+MAX_LIFETIME_S = 100 * 365 * 86400
+
+
+def _utc(value: datetime) -> datetime:
+    """Normalise to UTC here, so an offset that cannot be expressed in UTC is a 422, not a 500."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+def _day_start(value: datetime | date) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+# A time or a whole UTC day (2026-01-01), as the CLI's --since takes.
+Since = Annotated[UtcDatetime | date, AfterValidator(_day_start)]
+# Non-empty, no control characters (the authority also refuses whitespace-only text).
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Scope = Annotated[str, Field(max_length=128, pattern=(
+    r"^(\*|[A-Za-z0-9._/-]+(:[A-Za-z0-9._/-]+)*(:\*)?)$"))]
+RateText = Annotated[str, Field(pattern=r"^\d{1,12}/(second|minute|hour|day)$",
+                                examples=["100/minute"])]
+DurationText = Annotated[str, Field(pattern=r"^\d{1,9}[smhd]$", examples=["30d"])]
+Metadata = Annotated[dict[str, Any], Field(
+    description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimitIn(_Body):
+    limit: int = Field(ge=1, le=10**9)
+    window_s: int = Field(ge=1, le=366 * 86400)
+
+
+class TokenCreate(_Body):
+    subject: Text
+    name: Text
+    scopes: list[Scope] = Field(default_factory=list, max_length=64)
+    role: Text | None = None
+    expires_in: Annotated[int, Field(ge=1, le=MAX_LIFETIME_S)] | DurationText | None = Field(
+        None, description="Seconds, or a duration like 30d, 12h, 90m, 45s.")
+    expires_at: UtcDatetime | None = None
+    rate_limit: RateText | RateLimitIn | None = None
+    metadata: Metadata | None = None
+
+
+class TokenUpdate(_Body):
+    name: Text | None = None
+    scopes: list[Scope] | None = Field(None, max_length=64)
+    rate_limit: RateText | RateLimitIn | None = None
+    metadata: Metadata | None = None
+    expires_at: UtcDatetime | None = None
+
+
+class RevokeBody(_Body):
+    reason: Reason | None = None
+
+
+class RotateBody(_Body):
+    grace_s: int = Field(3600, ge=0, le=MAX_GRACE_S)
+
+
+class RevokeAllBody(_Body):
+    confirm: Literal[True] = Field(description="Must be true: every active token is revoked.")
+    reason: Reason
+
+
+class CleanupBody(_Body):
+    older_than_s: int = Field(30 * 86400, ge=0, le=MAX_LIFETIME_S)
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+class Error(BaseModel):
+    error: str
+    error_description: str
+
+
+class RateLimitOut(BaseModel):
+    limit: int
+    window_s: int
+
+
+class TokenOut(BaseModel):
+    id: str
+    subject: str
+    name: str
+    scopes: list[str]
+    family: str
+    hint: str
+    rate_limit: RateLimitOut | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    last_used_ip: str | None
+    usage_count: int
+    revoked_at: datetime | None
+    revoked_reason: str | None
+    rotated_from: str | None
+    grace_until: datetime | None
+    status: Literal["active", "revoked", "expired"]
+
+
+class TokenWithSecret(TokenOut):
+    token: str = Field(description="The secret: shown once, never stored.")
+
+
+class TokenPage(BaseModel):
+    items: list[TokenOut]
+    next_cursor: str | None
+
+
+class Revoked(BaseModel):
+    revoked: int
+
+
+class Deleted(BaseModel):
+    deleted: int
+
+
+class EventOut(BaseModel):
+    id: int
+    type: str
+    token_id: str | None
+    subject: str | None
+    actor: str
+    ip: str | None
+    user_agent: str | None
+    at: datetime
+    details: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class SubjectCount(BaseModel):
+    subject: str
+    active: int
+
+
+class StatsOut(BaseModel):
+    total: int
+    active: int
+    revoked: int
+    expired: int
+    created_24h: int
+    used_24h: int
+    top_subjects: list[SubjectCount]
+
+
+class DayCount(BaseModel):
+    day: date
+    requests: int
+
+
+class IpSeen(BaseModel):
+    ip: str
+    last_seen_at: datetime
+    requests: int
+
+
+class UsageOut(BaseModel):
+    token_id: str
+    days: list[DayCount] = Field(description="Requests per UTC day, oldest first.")
+    last_ips: list[IpSeen] = Field(description="Addresses seen most recently first.")
+
+
+class Introspection(BaseModel):
+    """RFC 7662 §2.2; an inactive token is just ``{"active": false}``."""
+    active: bool
+    scope: str | None = None
+    sub: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    jti: str | None = None
+    token_type: str | None = None
+    client_id: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    store: str | None = None
+    cache: str | None = None
+
+
+PAGE_LIMIT = Annotated[int, Field(ge=1, le=MAX_PAGE)]
