@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.admin import models as m
@@ -27,7 +28,7 @@ from gateway.admin.access import (
 )
 from gateway.admin.export import EVENT_COLUMNS, TOKEN_COLUMNS, csv_response, wants_csv
 from gateway.authority import TokenAuthority, public_event, public_record, stats_dict
-from gateway.errors import NotFound
+from gateway.errors import InvalidInput, NotFound
 from gateway.pipeline import Refusal
 from gateway.store import TokenRecord
 
@@ -43,7 +44,26 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "Too many refused credentials"), (503, "Store unreachable"))}
 CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 
-router = APIRouter(prefix="/v1", responses=ERRORS)
+
+
+def known_query(request: Request) -> None:
+    """Unknown query parameters are refused, as unknown body fields are: a mistyped filter
+    (``?subjet=alice``) must not silently widen a listing or an export."""
+    route = request.scope.get("route")
+    known = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InvalidInput(f"query.{unknown[0]}", "unknown parameter")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[Depends(known_query)])
 
 
 def gateway_of(request: Request) -> Gateway:

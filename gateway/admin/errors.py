@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match, Route
 
 from gateway.admin.access import Forbidden, refusal_from_forbidden
 from gateway.errors import InvalidInput, NotFound, Refused, StoreUnavailable
@@ -60,8 +61,19 @@ async def _refusal(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    headers = exc.headers
+    if exc.status_code == 405:  # Allow: every method of the path, not just the first route's
+        headers = {"allow": ", ".join(sorted(_methods_of(request)))}
     return error(exc.status_code, _HTTP_ERRORS.get(exc.status_code, "invalid_request"),
-                 str(exc.detail), exc.headers)
+                 str(exc.detail), headers)
+
+
+def _methods_of(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return methods
 
 
 def install(app: FastAPI) -> None:

@@ -25,15 +25,22 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is out of range") from None
 
 
-def _day_start(value: datetime | date) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime(value.year, value.month, value.day, tzinfo=UTC)
+def _since(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise ValueError("is not a date or an RFC 3339 time") from None
+    return _utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
-# A time or a whole UTC day (2026-01-01), as the CLI's --since takes.
-Since = Annotated[UtcDatetime | date, AfterValidator(_day_start)]
+# A whole UTC day (2026-01-01, as the CLI's --since) or an RFC 3339 time with its offset; not a
+# bare number, which pydantic would otherwise read as a Unix timestamp.
+Since = Annotated[str, Field(pattern=(
+    r"^\d{4}-\d{2}-\d{2}([Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2}))?$")),
+    AfterValidator(_since)]
+# Integers in bodies are strict: true/false or "5" are type errors, not 1/0/5.
+Int = Annotated[int, Field(strict=True)]
 # Non-empty, no control characters (the authority also refuses whitespace-only text).
 Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -51,8 +58,8 @@ class _Body(BaseModel):
 
 
 class RateLimitIn(_Body):
-    limit: int = Field(ge=1, le=10**9)
-    window_s: int = Field(ge=1, le=366 * 86400)
+    limit: Int = Field(ge=1, le=10**9)
+    window_s: Int = Field(ge=1, le=366 * 86400)
 
 
 class TokenCreate(_Body):
@@ -60,7 +67,7 @@ class TokenCreate(_Body):
     name: Text
     scopes: list[Scope] = Field(default_factory=list, max_length=64)
     role: Text | None = None
-    expires_in: Annotated[int, Field(ge=1, le=MAX_LIFETIME_S)] | DurationText | None = Field(
+    expires_in: Annotated[Int, Field(ge=1, le=MAX_LIFETIME_S)] | DurationText | None = Field(
         None, description="Seconds, or a duration like 30d, 12h, 90m, 45s.")
     expires_at: UtcDatetime | None = None
     rate_limit: RateText | RateLimitIn | None = None
@@ -80,7 +87,7 @@ class RevokeBody(_Body):
 
 
 class RotateBody(_Body):
-    grace_s: int = Field(3600, ge=0, le=MAX_GRACE_S)
+    grace_s: Int = Field(3600, ge=0, le=MAX_GRACE_S)
 
 
 class RevokeAllBody(_Body):
@@ -89,7 +96,7 @@ class RevokeAllBody(_Body):
 
 
 class CleanupBody(_Body):
-    older_than_s: int = Field(30 * 86400, ge=0, le=MAX_LIFETIME_S)
+    older_than_s: Int = Field(30 * 86400, ge=0, le=MAX_LIFETIME_S)
 
 
 # --- responses ----------------------------------------------------------------------------

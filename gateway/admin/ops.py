@@ -80,12 +80,12 @@ async def authorize(request: Request) -> Response:
     return Response(status_code=200, headers=out)
 
 
-for _method in ("GET", "POST"):  # documented; one route each, so each has its own operation id
+# Any method: Traefik and Envoy pass the original request's. One route per method, so each
+# documented operation has its own id.
+for _method in _ALL_METHODS:
     router.add_api_route("/v1/authorize", authorize, methods=[_method], response_class=Response,
                          responses=_AUTHORIZE_RESPONSES, tags=["forward auth"],
                          operation_id=f"authorize_{_method.lower()}")
-# Other methods, and Envoy's ext_authz, which appends the original path: /v1/authorize/<path>.
-router.add_api_route("/v1/authorize", authorize, methods=[
-    x for x in _ALL_METHODS if x not in ("GET", "POST")], include_in_schema=False)
+# Envoy's ext_authz appends the original path: /v1/authorize/<path>.
 router.add_api_route("/v1/authorize/{path:path}", authorize, methods=_ALL_METHODS,
                      include_in_schema=False)
