@@ -1,0 +1,462 @@
+// authgate admin page: plain DOM, no framework, no build step.
+// Every value from the server is inserted as text (textContent / text nodes), never as HTML.
+// The token lives in sessionStorage (this tab only) and travels as a bearer header, so the
+// browser never attaches a credential to a request on its own (no CSRF by construction).
+"use strict";
+
+const TOKEN_KEY = "authgate.admin.token";
+const PAGE = 20;
+const $ = (id) => document.getElementById(id);
+let token = sessionStorage.getItem(TOKEN_KEY);
+
+// --- small helpers --------------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  return node;
+}
+
+const when = (iso) => (iso ? iso.replace("T", " ").replace("Z", " UTC") : "never");
+
+function flash(message, kind = "ok") {
+  const box = $("flash");
+  box.textContent = message;
+  box.className = kind;
+  box.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error_description) || `HTTP ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+  const init = { method, headers, credentials: "omit", cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => null);
+  if (response.status === 401 && path !== "/v1/tokens?limit=1") {
+    signOut("Your token was refused: sign in again.");
+  }
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+async function guarded(action) {
+  try {
+    await action();
+  } catch (err) {
+    flash(err.message, "error");
+  }
+}
+
+async function download(path, filename) {
+  const response = await fetch(path, {
+    headers: { Authorization: `Bearer ${token}`, Accept: "text/csv" }, credentials: "omit",
+  });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+  const url = URL.createObjectURL(await response.blob());
+  const link = el("a", { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+// A modal confirmation; `fields` are extra inputs whose values are returned on OK.
+function confirmAction(text, fields = []) {
+  const dialog = $("confirm-dialog");
+  $("confirm-text").textContent = text;
+  const extra = $("confirm-extra");
+  extra.replaceChildren();
+  const inputs = {};
+  for (const f of fields) {
+    const id = `confirm-${f.name}`;
+    inputs[f.name] = el("input", { id, value: f.value ?? "", type: f.type ?? "text" });
+    extra.append(el("label", { htmlFor: id }, f.label), inputs[f.name]);
+  }
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue !== "ok") return resolve(null);
+      const values = {};
+      for (const [name, input] of Object.entries(inputs)) values[name] = input.value.trim();
+      resolve(values);
+    }, { once: true });
+  });
+}
+
+// --- session and views ----------------------------------------------------------------------
+
+function show(view) {
+  for (const section of document.querySelectorAll("main > section")) {
+    section.hidden = section.id !== `view-${view}`;
+  }
+  for (const tab of document.querySelectorAll("#nav .tab")) {
+    tab.classList.toggle("current", tab.dataset.view === view);
+  }
+  ({ dashboard: loadStats, tokens: () => loadTokens(), events: () => loadEvents() }[view] ||
+    (() => {}))();
+}
+
+function signOut(message) {
+  token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("nav").hidden = true;
+  $("secret-value").textContent = "";
+  $("secret-panel").hidden = true;
+  show("signin");
+  if (message) flash(message, "error");
+}
+
+async function signIn(candidate) {
+  token = candidate;
+  try {
+    await api("GET", "/v1/tokens?limit=1");
+  } catch (err) {
+    token = null;
+    const box = $("signin-error");
+    box.textContent = err.status === 403 ? "This token may not use the admin API." : err.message;
+    box.hidden = false;
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, candidate);
+  $("signin-error").hidden = true;
+  $("signin-token").value = "";
+  $("nav").hidden = false;
+  show("dashboard");
+}
+
+// --- dashboard ------------------------------------------------------------------------------
+
+async function loadStats() {
+  let stats;
+  try {
+    stats = await api("GET", "/v1/stats");
+  } catch (err) {
+    $("stats").replaceChildren(el("p", { class: "hint" }, err.message));
+    return;
+  }
+  const cards = [["Active", stats.active, "active"], ["Revoked", stats.revoked, "revoked"],
+    ["Expired", stats.expired, "expired"], ["Total", stats.total, ""],
+    ["Created (24 h)", stats.created_24h, ""], ["Used (24 h)", stats.used_24h, ""]];
+  $("stats").replaceChildren(...cards.map(([label, value, kind]) =>
+    el("div", { class: `stat ${kind}`, "data-stat": label },
+      el("span", { class: "value" }, value), el("span", { class: "label" }, label))));
+  const rows = stats.top_subjects.map((row) =>
+    el("tr", {}, el("td", {}, row.subject), el("td", {}, row.active)));
+  $("top-subjects").tBodies[0].replaceChildren(...(rows.length ? rows
+    : [el("tr", {}, el("td", { colSpan: 2, class: "hint" }, "No active tokens."))]));
+}
+
+// --- tokens ---------------------------------------------------------------------------------
+
+const tokenPages = { cursors: [null], index: 0 };
+
+function badge(status) {
+  const label = status.charAt(0).toUpperCase() + status.slice(1);
+  return el("span", { class: `badge badge-${status}` }, label);
+}
+
+async function loadTokens(reset = false) {
+  if (reset) Object.assign(tokenPages, { cursors: [null], index: 0 });
+  const params = new URLSearchParams({ limit: PAGE });
+  const subject = $("filter-subject").value.trim();
+  const status = $("filter-status").value;
+  if (subject) params.set("subject", subject);
+  if (status) params.set("status", status);
+  const cursor = tokenPages.cursors[tokenPages.index];
+  if (cursor) params.set("cursor", cursor);
+  await guarded(async () => {
+    const page = await api("GET", `/v1/tokens?${params}`);
+    tokenPages.cursors[tokenPages.index + 1] = page.next_cursor;
+    $("tokens-prev").disabled = tokenPages.index === 0;
+    $("tokens-next").disabled = !page.next_cursor;
+    $("tokens-table").tBodies[0].replaceChildren(...page.items.map(tokenRow));
+  });
+}
+
+function tokenRow(t) {
+  const active = t.status === "active";
+  const actions = el("td", { class: "actions" },
+    el("button", { type: "button", onclick: () => openDetail(t.id) }, "Details"),
+    el("button", { type: "button", disabled: !active, onclick: () => rotate(t) }, "Rotate"),
+    el("button", { type: "button", class: "danger", disabled: !active,
+      onclick: () => revoke(t) }, "Revoke"));
+  return el("tr", { "data-token-id": t.id },
+    el("td", {}, t.name), el("td", {}, t.subject), el("td", {}, badge(t.status)),
+    el("td", {}, el("code", {}, t.hint)), el("td", {}, t.scopes.join(" ") || "-"),
+    el("td", {}, when(t.expires_at)), el("td", {}, when(t.last_used_at)), actions);
+}
+
+function showSecret(secret) {
+  $("secret-value").textContent = secret;
+  $("secret-panel").hidden = false;
+  $("secret-panel").scrollIntoView({ block: "nearest" });
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  const body = {
+    subject: $("create-subject").value.trim(),
+    name: $("create-name").value.trim(),
+    scopes: $("create-scopes").value.split(/\s+/).filter(Boolean),
+  };
+  const role = $("create-role").value.trim();
+  const expires = $("create-expires").value.trim();
+  const rate = $("create-rate").value.trim();
+  if (role) body.role = role;
+  if (expires) body.expires_in = expires;
+  if (rate) body.rate_limit = rate;
+  await guarded(async () => {
+    const created = await api("POST", "/v1/tokens", body);
+    $("create-form").reset();
+    $("create-card").open = false;
+    showSecret(created.token);
+    flash(`Created ${created.id} for ${created.subject}.`);
+    await loadTokens(true);
+  });
+}
+
+async function revoke(t) {
+  const answer = await confirmAction(`Revoke "${t.name}" (${t.id}) of ${t.subject}? ` +
+    "Requests with it are refused at once.", [{ name: "reason", label: "Reason" }]);
+  if (!answer) return;
+  await guarded(async () => {
+    await api("POST", `/v1/tokens/${encodeURIComponent(t.id)}/revoke`,
+      answer.reason ? { reason: answer.reason } : {});
+    flash(`Revoked ${t.id}.`);
+    await loadTokens();
+  });
+}
+
+async function rotate(t) {
+  const answer = await confirmAction(`Rotate "${t.name}" (${t.id})? A new secret is issued; ` +
+    "the old one keeps working for the grace period.",
+  [{ name: "grace", label: "Grace period in seconds", value: "3600", type: "number" }]);
+  if (!answer) return;
+  await guarded(async () => {
+    const rotated = await api("POST", `/v1/tokens/${encodeURIComponent(t.id)}/rotate`,
+      { grace_s: Number(answer.grace || 0) });
+    showSecret(rotated.token);
+    flash(`Rotated ${t.id}: the new token is ${rotated.id}.`);
+    await loadTokens();
+  });
+}
+
+async function openDetail(id) {
+  await guarded(async () => {
+    const [t, usage] = await Promise.all([
+      api("GET", `/v1/tokens/${encodeURIComponent(id)}`),
+      api("GET", `/v1/tokens/${encodeURIComponent(id)}/usage?days=30`)]);
+    $("detail-title").textContent = `${t.name} (${t.id})`;
+    const fields = [["Subject", t.subject], ["Status", badge(t.status)], ["Family", t.family],
+      ["Scopes", t.scopes.join(" ") || "-"], ["Created", when(t.created_at)],
+      ["Expires", when(t.expires_at)], ["Last used", when(t.last_used_at)],
+      ["Last address", t.last_used_ip || "-"], ["Requests", t.usage_count],
+      ["Rate limit", t.rate_limit ? `${t.rate_limit.limit} per ${t.rate_limit.window_s} s`
+        : "default"],
+      ["Rotated from", t.rotated_from || "-"], ["Grace until", t.grace_until ? when(t.grace_until)
+        : "-"], ["Revoked", t.revoked_at ? `${when(t.revoked_at)} (${t.revoked_reason})` : "-"]];
+    $("detail-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k),
+      el("dd", {}, v)]));
+    drawChart(usage.days);
+    $("detail-ips").replaceChildren(...(usage.last_ips.length ? usage.last_ips.map((ip) =>
+      el("li", {}, `${ip.ip}: ${ip.requests} request(s), last ${when(ip.last_seen_at)}`))
+      : [el("li", {}, "none yet")]));
+    $("detail-family").onclick = () => revokeFamily(t);
+    $("detail-delete").onclick = () => deleteToken(t);
+    $("token-detail").hidden = false;
+    $("token-detail").scrollIntoView({ block: "nearest" });
+  });
+}
+
+function drawChart(days) {
+  const chart = $("usage-chart");
+  const max = Math.max(1, ...days.map((d) => d.requests));
+  const width = 300 / days.length;
+  chart.replaceChildren(...days.map((d, i) => {
+    const height = Math.round((d.requests / max) * 70);
+    const bar = svg("rect", { x: i * width + 1, y: 75 - height, width: width - 2,
+      height: Math.max(height, 0.5), class: "bar" });
+    const title = svg("title", {});
+    title.textContent = `${d.day}: ${d.requests}`;
+    bar.append(title);
+    return bar;
+  }), svg("line", { x1: 0, y1: 75.5, x2: 300, y2: 75.5, class: "axis" }));
+}
+
+async function revokeFamily(t) {
+  const answer = await confirmAction(`Revoke every active token of family ${t.family}?`,
+    [{ name: "reason", label: "Reason" }]);
+  if (!answer) return;
+  await guarded(async () => {
+    const done = await api("POST", `/v1/families/${encodeURIComponent(t.family)}/revoke`,
+      answer.reason ? { reason: answer.reason } : {});
+    flash(`Revoked ${done.revoked} token(s) of ${t.family}.`);
+    await openDetail(t.id);
+    await loadTokens();
+  });
+}
+
+async function deleteToken(t) {
+  if (!await confirmAction(`Delete the record of ${t.id}? The token stops working.`)) return;
+  await guarded(async () => {
+    await api("DELETE", `/v1/tokens/${encodeURIComponent(t.id)}`);
+    $("token-detail").hidden = true;
+    flash(`Deleted ${t.id}.`);
+    await loadTokens();
+  });
+}
+
+// --- audit log ------------------------------------------------------------------------------
+
+const eventPages = { cursors: [null], index: 0 };
+
+function eventParams() {
+  const params = new URLSearchParams();
+  for (const [key, id] of [["token_id", "events-token"], ["subject", "events-subject"],
+    ["type", "events-type"], ["since", "events-since"]]) {
+    const value = $(id).value.trim();
+    if (value) params.set(key, value);
+  }
+  return params;
+}
+
+async function loadEvents(reset = false) {
+  if (reset) Object.assign(eventPages, { cursors: [null], index: 0 });
+  const params = eventParams();
+  params.set("limit", PAGE);
+  const cursor = eventPages.cursors[eventPages.index];
+  if (cursor) params.set("cursor", cursor);
+  await guarded(async () => {
+    const page = await api("GET", `/v1/events?${params}`);
+    eventPages.cursors[eventPages.index + 1] = page.next_cursor;
+    $("events-prev").disabled = eventPages.index === 0;
+    $("events-next").disabled = !page.next_cursor;
+    $("events-table").tBodies[0].replaceChildren(...page.items.map((e) => el("tr", {},
+      el("td", {}, when(e.at)), el("td", {}, e.type), el("td", {}, e.token_id || "-"),
+      el("td", {}, e.subject || "-"), el("td", {}, e.actor), el("td", {}, e.ip || "-"),
+      el("td", { class: "details" }, Object.keys(e.details).length
+        ? JSON.stringify(e.details) : ""))));
+  });
+}
+
+// --- bulk actions ---------------------------------------------------------------------------
+
+async function revokeSubject(event) {
+  event.preventDefault();
+  const subject = $("subject-revoke-subject").value.trim();
+  const reason = $("subject-revoke-reason").value.trim();
+  if (!await confirmAction(`Revoke every active token of subject "${subject}"?`)) return;
+  await guarded(async () => {
+    const done = await api("POST", `/v1/subjects/${encodeURIComponent(subject)}/revoke`,
+      reason ? { reason } : {});
+    flash(`Revoked ${done.revoked} token(s) of ${subject}.`);
+    $("subject-revoke-form").reset();
+  });
+}
+
+async function cleanup(event) {
+  event.preventDefault();
+  const days = Number($("cleanup-days").value);
+  if (!await confirmAction(`Delete records revoked or expired more than ${days} day(s) ago?`)) {
+    return;
+  }
+  await guarded(async () => {
+    const done = await api("POST", "/v1/cleanup", { older_than_s: days * 86400 });
+    flash(`Deleted ${done.deleted} record(s).`);
+  });
+}
+
+async function revokeAll(event) {
+  event.preventDefault();
+  const reason = $("revoke-all-reason").value.trim();
+  const answer = await confirmAction("Revoke EVERY active token? Type REVOKE ALL to confirm.",
+    [{ name: "typed", label: "Confirmation" }]);
+  if (!answer || answer.typed !== "REVOKE ALL") return;
+  await guarded(async () => {
+    const done = await api("POST", "/v1/revoke-all", { confirm: true, reason });
+    flash(`Revoked ${done.revoked} token(s).`);
+    $("revoke-all-form").reset();
+  });
+}
+
+// --- wiring ---------------------------------------------------------------------------------
+
+function page(pages, step, load) {
+  return () => {
+    pages.index = Math.max(0, pages.index + step);
+    load();
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("signin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    signIn($("signin-token").value.trim());
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  for (const tab of document.querySelectorAll("#nav .tab")) {
+    tab.addEventListener("click", () => show(tab.dataset.view));
+  }
+  $("create-form").addEventListener("submit", createToken);
+  $("secret-copy").addEventListener("click", () => {
+    const value = $("secret-value").textContent;
+    navigator.clipboard.writeText(value).then(() => flash("Copied to the clipboard."),
+      () => {
+        getSelection().selectAllChildren($("secret-value"));
+        flash("Select and copy the secret by hand.", "error");
+      });
+  });
+  $("secret-done").addEventListener("click", () => {
+    $("secret-value").textContent = "";
+    $("secret-panel").hidden = true;
+  });
+  $("token-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTokens(true); });
+  $("tokens-prev").addEventListener("click", page(tokenPages, -1, loadTokens));
+  $("tokens-next").addEventListener("click", page(tokenPages, 1, loadTokens));
+  $("tokens-csv").addEventListener("click", () => guarded(() => {
+    const params = new URLSearchParams({ format: "csv" });
+    if ($("filter-subject").value.trim()) params.set("subject", $("filter-subject").value.trim());
+    if ($("filter-status").value) params.set("status", $("filter-status").value);
+    return download(`/v1/tokens?${params}`, "tokens.csv");
+  }));
+  $("detail-close").addEventListener("click", () => { $("token-detail").hidden = true; });
+  $("event-filters").addEventListener("submit", (e) => { e.preventDefault(); loadEvents(true); });
+  $("events-prev").addEventListener("click", page(eventPages, -1, loadEvents));
+  $("events-next").addEventListener("click", page(eventPages, 1, loadEvents));
+  $("events-csv").addEventListener("click", () => guarded(() => {
+    const params = eventParams();
+    params.set("format", "csv");
+    return download(`/v1/events?${params}`, "events.csv");
+  }));
+  $("subject-revoke-form").addEventListener("submit", revokeSubject);
+  $("cleanup-form").addEventListener("submit", cleanup);
+  $("revoke-all-form").addEventListener("submit", revokeAll);
+  if (token) signIn(token); else show("signin");
+});

@@ -1,0 +1,192 @@
+"""The admin page in headless Chromium: what a person with only the admin token can do."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from gateway.authority import Actor
+from tests.e2e.conftest import backend_pair, http, start_gateway, upstream  # noqa: F401
+
+BOOT = "browser-bootstrap-admin-secret-01"
+XSS = "<img src=x onerror=alert(1)>"
+TOKEN_RE = re.compile(r"^agt_[0-9A-Za-z]{38}$")
+pytestmark = pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+
+
+@pytest.fixture
+async def gw(start_gateway):  # noqa: F811
+    return await start_gateway(admin_token=BOOT)
+
+
+@pytest.fixture
+async def page(browser, gw):
+    context = await browser.new_context(permissions=["clipboard-read", "clipboard-write"],
+                                        viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.problems = []  # console errors, CSP reports and JS dialogs (alert) seen on the page
+    page.on("console", lambda m: page.problems.append(m.text) if m.type == "error"
+            and "status of 401" not in m.text else None)  # 401: a refused sign-in, on purpose
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.on("dialog", lambda d: page.problems.append(f"dialog: {d.message}"))
+    yield page
+    await context.close()
+
+
+async def tab(page: Page, name: str) -> None:
+    await page.locator("#nav").get_by_role("button", name=name, exact=True).click()
+
+
+async def sign_in(page: Page, gw, secret: str = BOOT) -> None:
+    await page.goto(f"{gw.admin}/admin")
+    await page.get_by_label("Admin token").fill(secret)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+
+
+async def test_sign_in_create_see_the_secret_once_find_it_and_revoke_it(page, gw, http,  # noqa: F811
+                                                                         artifacts):
+    await page.goto(f"{gw.admin}/admin")
+    await page.get_by_label("Admin token").fill("not-the-admin-token")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#signin-error")).to_contain_text("malformed")
+    await sign_in(page, gw)
+
+    await tab(page, "Tokens")
+    await page.get_by_text("Create a token").click()
+    await page.get_by_label("Subject").first.fill("alice")
+    await page.get_by_label("Name").fill(XSS)
+    await page.get_by_label("Scopes (space-separated)").fill("read reports:read")
+    await page.get_by_label("Expires in").fill("30d")
+    await page.get_by_role("button", name="Create token").click()
+
+    secret_box = page.locator("#secret-value")
+    await expect(secret_box).to_be_visible()
+    secret = (await secret_box.text_content()).strip()
+    assert TOKEN_RE.match(secret)
+    r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 200  # the secret shown is the real one
+    await page.get_by_role("button", name="Copy").click()
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await page.get_by_role("button", name="Done").click()
+    await expect(page.locator("#secret-panel")).to_be_hidden()
+    assert secret not in await page.content()  # shown once: gone from the page
+    await page.reload()
+    assert secret not in await page.content()
+
+    # the XSS name is shown as text, in the table, and nothing ran
+    await tab(page, "Tokens")
+    row = page.locator("#tokens-table tbody tr", has_text="alice")
+    await expect(row).to_have_count(1)
+    await expect(row.locator("td").first).to_have_text(XSS)
+    assert await page.locator("#tokens-table img").count() == 0
+    await expect(row.locator(".badge")).to_have_text("Active")
+
+    await row.get_by_role("button", name="Revoke").click()
+    await expect(page.locator("#confirm-dialog")).to_be_visible()
+    await page.locator("#confirm-dialog").get_by_label("Reason").fill("left the team")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(row.locator(".badge")).to_have_text("Revoked")
+    await expect(row.get_by_role("button", name="Revoke")).to_be_disabled()
+    r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 401
+
+    for subject, name in (("billing", "nightly-export"), ("billing", "invoices"),
+                          ("monitoring", "prometheus")):
+        await gw.gateway.authority.create(Actor("cli:test"), subject=subject, name=name)
+    await tab(page, "Tokens")
+    await page.screenshot(path=str(artifacts / "admin-tokens.png"), full_page=True)
+    await tab(page, "Dashboard")
+    await expect(page.locator('[data-stat="Revoked"] .value')).to_have_text("1")
+    await expect(page.locator('[data-stat="Active"] .value')).to_have_text("3")
+    await expect(page.locator('[data-stat="Created (24 h)"] .value')).to_have_text("4")
+    await expect(page.locator("#top-subjects tbody tr").first).to_have_text("billing2")
+    await page.screenshot(path=str(artifacts / "admin-dashboard.png"), full_page=True)
+    assert page.problems == []
+
+
+async def test_detail_chart_rotate_and_audit_log(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    record, secret = await auth.create(Actor("cli:test"), subject="bob", name="build-bot",
+                                       scopes=["read"])
+    for _ in range(4):
+        await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
+    await gw.gateway.usage.flush()
+    await sign_in(page, gw)
+    await tab(page, "Tokens")
+    row = page.locator(f'tr[data-token-id="{record.id}"]')
+    await row.get_by_role("button", name="Details").click()
+
+    detail = page.locator("#token-detail")
+    await expect(detail).to_be_visible()
+    await expect(detail.locator("dd", has_text=record.family)).to_have_count(1)
+    await expect(detail.locator("#usage-chart rect")).to_have_count(30)
+    assert await detail.locator("#usage-chart rect").last.get_attribute("height") == "70"
+    await expect(page.locator("#detail-ips")).to_contain_text("127.0.0.1: 4 request(s)")
+
+    await page.get_by_role("button", name="Close").click()
+    await row.get_by_role("button", name="Rotate").click()
+    await page.get_by_label("Grace period in seconds").fill("60")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#secret-value")).to_have_text(TOKEN_RE)
+    new_secret = (await page.locator("#secret-value").text_content()).strip()
+    assert TOKEN_RE.match(new_secret) and new_secret != secret
+    await expect(page.locator("#tokens-table tbody tr", has_text="build-bot")).to_have_count(2)
+    for s in (secret, new_secret):  # the old one works during its grace
+        r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {s}"})
+        assert r.status_code == 200
+
+    await tab(page, "Audit log")
+    await page.locator("#events-type").select_option("token_rotated")
+    await page.get_by_role("button", name="Filter").click()
+    rows = page.locator("#events-table tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("admin:bootstrap")
+    await expect(rows.first).to_contain_text(record.id)
+    assert page.problems == []
+
+
+async def test_revoke_a_subjects_tokens_and_filter_the_table(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    for name in ("a", "b"):
+        await auth.create(Actor("cli:test"), subject="carol", name=name)
+    await auth.create(Actor("cli:test"), subject="dave", name="keep")
+    await sign_in(page, gw)
+    await tab(page, "Bulk actions")
+    await page.locator("#subject-revoke-subject").fill("carol")
+    await page.get_by_role("button", name="Revoke subject's tokens").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_have_text("Revoked 2 token(s) of carol.")
+
+    await tab(page, "Tokens")
+    await page.locator("#filter-status").select_option("revoked")
+    await page.locator("#token-filters").get_by_role("button", name="Filter").click()
+    rows = page.locator("#tokens-table tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.locator(".badge")).to_have_text(["Revoked", "Revoked"])
+    await page.locator("#filter-status").select_option("")
+    await page.locator("#filter-subject").fill("dave")
+    await page.locator("#token-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.locator(".badge")).to_have_text("Active")
+    assert page.problems == []
+
+
+async def test_page_is_served_with_a_strict_content_security_policy(page, gw, http):  # noqa: F811
+    r = await http.get(f"{gw.admin}/admin")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp and r.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in r.text and " style=" not in r.text  # nothing inline to allow
+    # an inline script injected into the live page is blocked by the policy
+    await sign_in(page, gw)
+    ran = await page.evaluate("""() => {
+        window.__ran = false;
+        const s = document.createElement('script');
+        s.textContent = 'window.__ran = true';
+        document.body.append(s);
+        return window.__ran;
+    }""")
+    assert ran is False
