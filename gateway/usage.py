@@ -28,7 +28,8 @@ class UsageRecorder:
         self._metrics = metrics
         self._clock = clock
         self._usage: dict[str, Usage] = {}
-        self._events: dict[tuple[str, str | None, str | None, str | None], list] = {}
+        # (type, token id, ip, reason, actor) -> [count, subject, first seen]
+        self._events: dict[tuple[str, str | None, str | None, str, str], list] = {}
         self._oldest: float | None = None
         self._task: asyncio.Task[None] | None = None
         # One flush at a time: a caller's flush (or shutdown's) waits for one in progress, so
@@ -47,15 +48,17 @@ class UsageRecorder:
         u.per_day[day] = u.per_day.get(day, 0) + 1
         if ip is not None:
             seen = u.ips.get(ip)
-            if seen is not None:
-                u.ips[ip] = (now, seen[1] + 1)
+            if seen is not None:  # updated in place: no allocation per request
+                seen[0] = now
+                seen[1] += 1
             elif len(u.ips) < MAX_IPS_PER_FLUSH:
-                u.ips[ip] = (now, 1)
+                u.ips[ip] = [now, 1]
 
     def event(self, type_: str, reason: str, ip: str | None, token_id: str | None = None,
-              subject: str | None = None) -> None:
-        """Count an auth_failed / rate_limited occurrence; one event per key per flush."""
-        key = (type_, token_id, ip, reason)
+              subject: str | None = None, actor: str = "gateway") -> None:
+        """Count an auth_failed / rate_limited / admin_read occurrence; one event per key per
+        flush, with the count in its details."""
+        key = (type_, token_id, ip, reason, actor)
         entry = self._events.get(key)
         if entry is None:
             self._events[key] = [1, subject, self._clock()]
@@ -66,9 +69,9 @@ class UsageRecorder:
 
     def _take(self) -> tuple[list[Usage], list[Event]]:
         usage, self._usage = list(self._usage.values()), {}
-        events = [Event(type=t, actor="gateway", at=at, token_id=tid, subject=subject, ip=ip,
+        events = [Event(type=t, actor=actor, at=at, token_id=tid, subject=subject, ip=ip,
                         details={"count": count, "reason": reason})
-                  for (t, tid, ip, reason), (count, subject, at) in self._events.items()]
+                  for (t, tid, ip, reason, actor), (count, subject, at) in self._events.items()]
         self._events = {}
         return usage, events
 
@@ -83,9 +86,9 @@ class UsageRecorder:
                 mine.per_day[day] = mine.per_day.get(day, 0) + n
             for ip, (seen, n) in u.ips.items():
                 old = mine.ips.get(ip)
-                mine.ips[ip] = (max(seen, old[0]), old[1] + n) if old else (seen, n)
+                mine.ips[ip] = [max(seen, old[0]), old[1] + n] if old else [seen, n]
         for e in events:
-            key = (e.type, e.token_id, e.ip, e.details["reason"])
+            key = (e.type, e.token_id, e.ip, e.details["reason"], e.actor)
             entry = self._events.setdefault(key, [0, e.subject, e.at])
             entry[0] += e.details["count"]
 

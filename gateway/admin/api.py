@@ -63,9 +63,6 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-router = APIRouter(prefix="/v1", responses=ERRORS, dependencies=[Depends(known_query)])
-
-
 def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
@@ -86,6 +83,22 @@ def authority(request: Request) -> TokenAuthority:
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def audit_read(request: Request, who: CallerDep) -> None:
+    """Reads are audited too: counted in memory per (caller, call, token) and written with the
+    usage batches as ``admin_read`` events, so a read costs no store write of its own. Changes
+    write their own event in the authority, in the same transaction as the change."""
+    route = request.scope.get("route")
+    if request.method == "GET" or request.url.path == "/v1/introspect":
+        call = f"{request.method} {route.path if isinstance(route, APIRoute) else '?'}"
+        gateway_of(request).usage.event("admin_read", call, who.actor.ip,
+                                        request.path_params.get("token_id"), who.subject,
+                                        actor=who.actor.name)
+
+
+router = APIRouter(prefix="/v1", responses=ERRORS,
+                   dependencies=[Depends(known_query), Depends(audit_read)])
 AuthDep = Annotated[TokenAuthority, Depends(authority)]
 Format = Annotated[Literal["json", "csv"] | None, Query(
     description="csv: the whole filtered list as CSV (also Accept: text/csv)")]
