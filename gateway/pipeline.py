@@ -9,6 +9,9 @@
     7. limit       token limit + route limit, one atomic call                         429
     8. record      usage into an in-memory aggregate (written in batches)
 
+Steps 2-5 are ``verify``: the admin API's callers and RFC 7662 introspection go through the same
+code, so a token is judged usable in exactly one place.
+
 Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (the metric label and
 the audit detail) and a message; ``render_refusal`` is the one place that turns it into headers.
 """
@@ -102,13 +105,13 @@ class Pipeline:
         route = self.router.match(path, method)
         if not route.auth_required:
             return await self._public(route, ip)
-        record = await self.verify(extract_credential(headers, self._api_key_header), ip)
+        record, now = await self._verify(extract_credential(headers, self._api_key_header), ip)
         missing = tokens.has_scopes(record.scopes, route.scopes)
         if missing is not None:
             raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
                           scope=" ".join(route.scopes))
         limit = await self._limit(record, route, ip)
-        self.usage.hit(record.id, ip, self.clock())
+        self.usage.hit(record.id, ip, now)
         return Decision(route, record, limit)
 
     async def verify(self, raw: str, ip: str | None, *, count_failures: bool = True) -> TokenRecord:
@@ -118,6 +121,10 @@ class Pipeline:
         ``count_failures`` charges a refused credential to ``ip`` (brute-force limit); off for
         introspection, where the caller is an authenticated client asking about someone else's.
         """
+        return (await self._verify(raw, ip, count_failures))[0]
+
+    async def _verify(self, raw: str, ip: str | None,
+                      count_failures: bool = True) -> tuple[TokenRecord, datetime]:
         try:
             parsed = tokens.parse(raw, self.settings.token_prefix)
         except tokens.MalformedToken:
@@ -132,7 +139,7 @@ class Pipeline:
         self._check_usable(record, now)
         if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
             await self._replay(record, ip, count_failures)
-        return record
+        return record, now
 
     # --- steps ------------------------------------------------------------------------------
 

@@ -118,7 +118,7 @@ class Usage:
     last_used_at: datetime
     last_used_ip: str | None
     per_day: dict[date, int] = field(default_factory=dict)
-    ips: dict[str, tuple[datetime, int]] = field(default_factory=dict)  # ip -> (last seen, n)
+    ips: dict[str, list[Any]] = field(default_factory=dict)  # ip -> [last seen, count]
 
 
 class TokenStore(Protocol):
