@@ -42,7 +42,8 @@ WHERE (revoked_at IS NOT NULL AND revoked_at < $1) OR (expires_at IS NOT NULL AN
 DELETE FROM token_usage_daily WHERE token_id NOT IN (SELECT id FROM tokens)
 
 -- name: cleanup_usage_ips
-DELETE FROM token_usage_ips WHERE token_id NOT IN (SELECT id FROM tokens)
+-- Also addresses not seen since the cut-off, so a token used from churning addresses stays small.
+DELETE FROM token_usage_ips WHERE token_id NOT IN (SELECT id FROM tokens) OR last_seen_at < $1
 
 -- name: insert_event
 INSERT INTO token_events (type, token_id, subject, actor, ip, user_agent, at, details)

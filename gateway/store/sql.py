@@ -276,7 +276,7 @@ class SqlStore:
         async with self.driver.transaction() as tx:
             deleted = await tx.execute(Q("cleanup_tokens"), before)
             await tx.execute(Q("cleanup_usage"))
-            await tx.execute(Q("cleanup_usage_ips"))
+            await tx.execute(Q("cleanup_usage_ips"), before)
             await tx.execute(Q("insert_event"), *_event_row(event.with_details(deleted=deleted)))
             return deleted
 

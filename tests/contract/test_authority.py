@@ -10,7 +10,7 @@ import pytest
 from gateway.authority import Actor, TokenAuthority, public_record
 from gateway.config import RateLimit, Settings
 from gateway.errors import InvalidInput, NotFound, Refused
-from gateway.store import SqlStore, make_store
+from gateway.store import SqlStore, Usage, make_store
 
 CLI = Actor("cli:tester")
 
@@ -253,6 +253,27 @@ async def test_cleanup_deletes_only_long_dead_records(authority, clock):
     assert (await authority.events(type="tokens_cleaned_up"))[0][0].details["deleted"] == 2
     with pytest.raises(InvalidInput):
         await authority.cleanup(CLI, "banana")
+
+
+async def test_usage_per_day_and_recent_addresses(authority, store, clock):
+    record, _ = await authority.create(CLI, subject="a", name="b")
+    day1 = clock.now
+    await store.record_usage([Usage(record.id, 3, day1, "10.0.0.1", {day1.date(): 3},
+                                    {"10.0.0.1": [day1, 2], "10.0.0.2": [day1, 1]})])
+    clock.advance(days=2)
+    day3 = clock.now
+    await store.record_usage([Usage(record.id, 1, day3, "10.0.0.1", {day3.date(): 1},
+                                    {"10.0.0.1": [day3, 1]})])
+    per_day, ips = await authority.usage(record.id, days=3)
+    assert per_day == [(day1.date(), 3), ((day1 + timedelta(days=1)).date(), 0),
+                       (day3.date(), 1)]
+    assert ips == [("10.0.0.1", day3, 3), ("10.0.0.2", day1, 1)]
+    clock.advance(days=1)
+    await authority.cleanup(CLI, "2d")  # the record stays; the stale address goes
+    assert [ip for ip, _, _ in (await authority.usage(record.id))[1]] == ["10.0.0.1"]
+    await authority.delete(CLI, record.id)  # deleting a record deletes its usage too
+    per_day, ips = await authority.usage(record.id)
+    assert ips == [] and all(n == 0 for _, n in per_day)
 
 
 async def test_stats(authority, clock):

@@ -29,7 +29,7 @@ from tests.e2e.conftest import free_port
 
 BOOT = "fuzz-bootstrap-admin-secret-0123"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-MAX_EXAMPLES = int(os.environ.get("AUTHGATE_FUZZ_EXAMPLES", "60"))
+MAX_EXAMPLES = int(os.environ.get("AUTHGATE_FUZZ_EXAMPLES", "100"))
 cases = {"count": 0, "by_status": {}}
 
 

@@ -110,6 +110,35 @@ function confirmAction(text, fields = []) {
   });
 }
 
+// One cursor-paged table (tokens, audit log): its filters, Previous/Next and CSV export.
+function pager(name, path, filters, row) {
+  const state = { cursors: [null], index: 0 };
+  async function load(reset = false) {
+    if (reset) Object.assign(state, { cursors: [null], index: 0 });
+    const params = filters();
+    params.set("limit", PAGE);
+    const cursor = state.cursors[state.index];
+    if (cursor) params.set("cursor", cursor);
+    await guarded(async () => {
+      const page = await api("GET", `${path}?${params}`);
+      state.cursors[state.index + 1] = page.next_cursor;
+      $(`${name}-prev`).disabled = state.index === 0;
+      $(`${name}-next`).disabled = !page.next_cursor;
+      $(`${name}-table`).tBodies[0].replaceChildren(...page.items.map(row));
+    });
+  }
+  const step = (by) => () => {
+    state.index = Math.max(0, state.index + by);
+    load();
+  };
+  const csv = () => guarded(() => {
+    const params = filters();
+    params.set("format", "csv");
+    return download(`${path}?${params}`, `${name}.csv`);
+  });
+  return { load, prev: step(-1), next: step(1), csv };
+}
+
 // --- session and views ----------------------------------------------------------------------
 
 function show(view) {
@@ -119,7 +148,7 @@ function show(view) {
   for (const tab of document.querySelectorAll("#nav .tab")) {
     tab.classList.toggle("current", tab.dataset.view === view);
   }
-  ({ dashboard: loadStats, tokens: () => loadTokens(), events: () => loadEvents() }[view] ||
+  ({ dashboard: loadStats, tokens: () => tokenTable.load(), events: () => eventTable.load() }[view] ||
     (() => {}))();
 }
 
@@ -175,29 +204,18 @@ async function loadStats() {
 
 // --- tokens ---------------------------------------------------------------------------------
 
-const tokenPages = { cursors: [null], index: 0 };
-
 function badge(status) {
   const label = status.charAt(0).toUpperCase() + status.slice(1);
   return el("span", { class: `badge badge-${status}` }, label);
 }
 
-async function loadTokens(reset = false) {
-  if (reset) Object.assign(tokenPages, { cursors: [null], index: 0 });
-  const params = new URLSearchParams({ limit: PAGE });
+function tokenFilters() {
+  const params = new URLSearchParams();
   const subject = $("filter-subject").value.trim();
   const status = $("filter-status").value;
   if (subject) params.set("subject", subject);
   if (status) params.set("status", status);
-  const cursor = tokenPages.cursors[tokenPages.index];
-  if (cursor) params.set("cursor", cursor);
-  await guarded(async () => {
-    const page = await api("GET", `/v1/tokens?${params}`);
-    tokenPages.cursors[tokenPages.index + 1] = page.next_cursor;
-    $("tokens-prev").disabled = tokenPages.index === 0;
-    $("tokens-next").disabled = !page.next_cursor;
-    $("tokens-table").tBodies[0].replaceChildren(...page.items.map(tokenRow));
-  });
+  return params;
 }
 
 function tokenRow(t) {
@@ -238,7 +256,7 @@ async function createToken(event) {
     $("create-card").open = false;
     showSecret(created.token);
     flash(`Created ${created.id} for ${created.subject}.`);
-    await loadTokens(true);
+    await tokenTable.load(true);
   });
 }
 
@@ -250,7 +268,7 @@ async function revoke(t) {
     await api("POST", `/v1/tokens/${encodeURIComponent(t.id)}/revoke`,
       answer.reason ? { reason: answer.reason } : {});
     flash(`Revoked ${t.id}.`);
-    await loadTokens();
+    await tokenTable.load();
   });
 }
 
@@ -264,7 +282,7 @@ async function rotate(t) {
       { grace_s: Number(answer.grace || 0) });
     showSecret(rotated.token);
     flash(`Rotated ${t.id}: the new token is ${rotated.id}.`);
-    await loadTokens();
+    await tokenTable.load();
   });
 }
 
@@ -319,7 +337,7 @@ async function revokeFamily(t) {
       answer.reason ? { reason: answer.reason } : {});
     flash(`Revoked ${done.revoked} token(s) of ${t.family}.`);
     await openDetail(t.id);
-    await loadTokens();
+    await tokenTable.load();
   });
 }
 
@@ -329,13 +347,11 @@ async function deleteToken(t) {
     await api("DELETE", `/v1/tokens/${encodeURIComponent(t.id)}`);
     $("token-detail").hidden = true;
     flash(`Deleted ${t.id}.`);
-    await loadTokens();
+    await tokenTable.load();
   });
 }
 
 // --- audit log ------------------------------------------------------------------------------
-
-const eventPages = { cursors: [null], index: 0 };
 
 function eventParams() {
   const params = new URLSearchParams();
@@ -347,24 +363,16 @@ function eventParams() {
   return params;
 }
 
-async function loadEvents(reset = false) {
-  if (reset) Object.assign(eventPages, { cursors: [null], index: 0 });
-  const params = eventParams();
-  params.set("limit", PAGE);
-  const cursor = eventPages.cursors[eventPages.index];
-  if (cursor) params.set("cursor", cursor);
-  await guarded(async () => {
-    const page = await api("GET", `/v1/events?${params}`);
-    eventPages.cursors[eventPages.index + 1] = page.next_cursor;
-    $("events-prev").disabled = eventPages.index === 0;
-    $("events-next").disabled = !page.next_cursor;
-    $("events-table").tBodies[0].replaceChildren(...page.items.map((e) => el("tr", {},
-      el("td", {}, when(e.at)), el("td", {}, e.type), el("td", {}, e.token_id || "-"),
-      el("td", {}, e.subject || "-"), el("td", {}, e.actor), el("td", {}, e.ip || "-"),
-      el("td", { class: "details" }, Object.keys(e.details).length
-        ? JSON.stringify(e.details) : ""))));
-  });
+function eventRow(e) {
+  return el("tr", {}, el("td", {}, when(e.at)), el("td", {}, e.type),
+    el("td", {}, e.token_id || "-"), el("td", {}, e.subject || "-"), el("td", {}, e.actor),
+    el("td", {}, e.ip || "-"),
+    el("td", { class: "details" }, Object.keys(e.details).length ? JSON.stringify(e.details)
+      : ""));
 }
+
+const tokenTable = pager("tokens", "/v1/tokens", tokenFilters, tokenRow);
+const eventTable = pager("events", "/v1/events", eventParams, eventRow);
 
 // --- bulk actions ---------------------------------------------------------------------------
 
@@ -408,13 +416,6 @@ async function revokeAll(event) {
 
 // --- wiring ---------------------------------------------------------------------------------
 
-function page(pages, step, load) {
-  return () => {
-    pages.index = Math.max(0, pages.index + step);
-    load();
-  };
-}
-
 document.addEventListener("DOMContentLoaded", () => {
   $("signin-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -437,24 +438,21 @@ document.addEventListener("DOMContentLoaded", () => {
     $("secret-value").textContent = "";
     $("secret-panel").hidden = true;
   });
-  $("token-filters").addEventListener("submit", (e) => { e.preventDefault(); loadTokens(true); });
-  $("tokens-prev").addEventListener("click", page(tokenPages, -1, loadTokens));
-  $("tokens-next").addEventListener("click", page(tokenPages, 1, loadTokens));
-  $("tokens-csv").addEventListener("click", () => guarded(() => {
-    const params = new URLSearchParams({ format: "csv" });
-    if ($("filter-subject").value.trim()) params.set("subject", $("filter-subject").value.trim());
-    if ($("filter-status").value) params.set("status", $("filter-status").value);
-    return download(`/v1/tokens?${params}`, "tokens.csv");
-  }));
+  $("token-filters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    tokenTable.load(true);
+  });
+  $("tokens-prev").addEventListener("click", tokenTable.prev);
+  $("tokens-next").addEventListener("click", tokenTable.next);
+  $("tokens-csv").addEventListener("click", tokenTable.csv);
   $("detail-close").addEventListener("click", () => { $("token-detail").hidden = true; });
-  $("event-filters").addEventListener("submit", (e) => { e.preventDefault(); loadEvents(true); });
-  $("events-prev").addEventListener("click", page(eventPages, -1, loadEvents));
-  $("events-next").addEventListener("click", page(eventPages, 1, loadEvents));
-  $("events-csv").addEventListener("click", () => guarded(() => {
-    const params = eventParams();
-    params.set("format", "csv");
-    return download(`/v1/events?${params}`, "events.csv");
-  }));
+  $("event-filters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    eventTable.load(true);
+  });
+  $("events-prev").addEventListener("click", eventTable.prev);
+  $("events-next").addEventListener("click", eventTable.next);
+  $("events-csv").addEventListener("click", eventTable.csv);
   $("subject-revoke-form").addEventListener("submit", revokeSubject);
   $("cleanup-form").addEventListener("submit", cleanup);
   $("revoke-all-form").addEventListener("submit", revokeAll);
