@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -31,6 +32,9 @@ BOOT = "fuzz-bootstrap-admin-secret-0123"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MAX_EXAMPLES = int(os.environ.get("AUTHGATE_FUZZ_EXAMPLES", "100"))
 cases = {"count": 0, "by_status": {}}
+# Records that exist: positive cases on /tokens/{token_id}, /families/{family}/... and
+# /subjects/{subject}/... are pointed at these, so changes are fuzzed on real tokens too.
+live: dict[str, list[str]] = {"token_id": [], "family": [], "subject": []}
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +62,11 @@ def admin_url(tmp_path_factory):
             pytest.fail("authgate serve did not start: " + (tmp / "stderr.log").read_text())
         time.sleep(0.1)
     # Something to find: a few tokens, so reads and changes also meet existing records.
-    for i in range(3):
-        httpx.post(f"{url}/v1/tokens", json={"subject": f"s{i}", "name": "seed"},
-                   headers={"Authorization": f"Bearer {BOOT}"})
+    for i in range(30):
+        r = httpx.post(f"{url}/v1/tokens", json={"subject": f"s{i % 5}", "name": "seed",
+                                                 "scopes": ["read"], "expires_in": "30d"},
+                       headers={"Authorization": f"Bearer {BOOT}"})
+        remember(r.json())
     yield url
     proc.terminate()
     code = proc.wait(timeout=20)
@@ -94,13 +100,30 @@ def test_the_server_serves_the_fuzzed_document(admin_url):
     assert httpx.get(f"{admin_url}/openapi.json").json() == DOCUMENT
 
 
+def remember(record: dict) -> None:
+    for key, field in (("token_id", "id"), ("family", "family"), ("subject", "subject")):
+        live[key].append(record[field])
+
+
+def aim_at_live_records(case) -> None:
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return
+    for name, values in live.items():
+        if name in case.path_parameters and values:
+            generated = str(case.path_parameters[name])
+            case.path_parameters[name] = values[zlib.crc32(generated.encode()) % len(values)]
+
+
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_admin_api_never_fails_and_always_matches_its_schema(case, admin_url):
+    aim_at_live_records(case)
     response = case.call_and_validate(
         base_url=admin_url, timeout=10,
         # Not failures here: valid-looking requests for ids that do not exist are 404s, and a
         # second rotation of one token is a 409 (business rules the schema cannot express).
         excluded_checks=[positive_data_acceptance, use_after_free, ensure_resource_availability])
+    if response.status_code == 201 and "family" in response.text:
+        remember(response.json())
     cases["count"] += 1
     cases["by_status"][response.status_code] = cases["by_status"].get(response.status_code, 0) + 1
