@@ -190,3 +190,109 @@ async def test_page_is_served_with_a_strict_content_security_policy(page, gw, ht
         return window.__ran;
     }""")
     assert ran is False
+
+
+async def test_family_revoke_delete_and_csv_export(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    old, _ = await auth.create(Actor("cli:test"), subject="erin", name="deployer")
+    new, _, _ = await auth.rotate(Actor("cli:test"), old.id, 3600)  # in grace: still active
+    await sign_in(page, gw)
+    await tab(page, "Tokens")
+
+    async with page.expect_download() as info:
+        await page.get_by_role("button", name="Export CSV").click()
+    download = await info.value
+    text = (await download.path()).read_text()
+    assert download.suggested_filename == "tokens.csv"
+    assert text.splitlines()[0].startswith("id,subject,name,status")
+    assert old.id in text and new.id in text
+
+    await page.locator(f'tr[data-token-id="{new.id}"]').get_by_role("button",
+                                                                   name="Details").click()
+    await page.get_by_role("button", name="Revoke family").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_have_text(f"Revoked 2 token(s) of {old.family}.")
+    await expect(page.locator("#tokens-table .badge")).to_have_text(["Revoked", "Revoked"])
+
+    await page.get_by_role("button", name="Delete record").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator(f'tr[data-token-id="{new.id}"]')).to_have_count(0)
+    await expect(page.locator("#tokens-table tbody tr")).to_have_count(1)
+    assert (await auth.list())[0][0].id == old.id
+    assert page.problems == []
+
+
+async def test_pages_through_many_tokens(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    for i in range(45):
+        await auth.create(Actor("cli:test"), subject="load", name=f"t{i:02}")
+    await sign_in(page, gw)
+    await tab(page, "Tokens")
+    rows = page.locator("#tokens-table tbody tr td:first-child")
+    await expect(rows).to_have_count(20)
+    await expect(rows.first).to_have_text("t44")
+    await expect(page.get_by_role("button", name="Previous")).to_be_disabled()
+    await page.get_by_role("button", name="Next").click()
+    await expect(rows.first).to_have_text("t24")
+    await page.get_by_role("button", name="Next").click()
+    await expect(rows).to_have_count(5)
+    await expect(rows.last).to_have_text("t00")
+    await expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    await page.get_by_role("button", name="Previous").click()
+    await expect(rows.first).to_have_text("t24")
+    assert page.problems == []
+
+
+async def test_cleanup_and_emergency_revoke_all(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    dead, _ = await auth.create(Actor("cli:test"), subject="x", name="dead")
+    await auth.revoke(Actor("cli:test"), dead.id)
+    live = [(await auth.create(Actor("cli:test"), subject="y", name=f"l{i}"))[1]
+            for i in range(3)]
+    await sign_in(page, gw)
+    await tab(page, "Bulk actions")
+
+    await page.locator("#cleanup-days").fill("0")
+    await page.get_by_role("button", name="Clean up").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_have_text("Deleted 1 record(s).")
+
+    await page.locator("#revoke-all-reason").fill("key leaked")
+    await page.get_by_role("button", name="Revoke all tokens").click()
+    await page.get_by_label("Confirmation").fill("yes")  # not the words asked for: nothing
+    await page.get_by_role("button", name="Confirm").click()
+    r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {live[0]}"})
+    assert r.status_code == 200
+    await page.get_by_role("button", name="Revoke all tokens").click()
+    await page.get_by_label("Confirmation").fill("REVOKE ALL")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_have_text("Revoked 3 token(s).")
+    for secret in live:
+        r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 401
+    await tab(page, "Dashboard")  # the bootstrap admin token keeps working
+    await expect(page.locator('[data-stat="Revoked"] .value')).to_have_text("3")
+    assert page.problems == []
+
+
+async def test_a_self_service_token_manages_its_own_subject_in_the_page(page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    _, mine = await auth.create(Actor("cli:test"), subject="team-a", name="team key",
+                                scopes=["authgate:self", "read"])
+    await auth.create(Actor("cli:test"), subject="team-b", name="not yours")
+    await sign_in(page, gw, mine)
+    await expect(page.locator("#stats")).to_contain_text("authgate:admin")
+    await tab(page, "Tokens")
+    await expect(page.locator("#tokens-table tbody tr")).to_have_count(1)
+    await expect(page.locator("#tokens-table tbody")).not_to_contain_text("team-b")
+
+    await page.get_by_text("Create a token").click()
+    await page.get_by_label("Subject").first.fill("team-a")
+    await page.get_by_label("Name").fill("wider")
+    await page.get_by_label("Scopes (space-separated)").fill("write")
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.locator("#flash")).to_contain_text("may not grant scope write")
+    await page.get_by_label("Scopes (space-separated)").fill("read")
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.locator("#secret-value")).to_have_text(TOKEN_RE)
+    await expect(page.locator("#tokens-table tbody tr")).to_have_count(2)
