@@ -1,10 +1,15 @@
 """Pure-ASGI guard in front of the admin listener's API.
 
 - Bodies over ``MAX_BODY_BYTES`` are refused with 413, by Content-Length or while streaming.
+- Every ``/v1`` response is ``Cache-Control: no-store``: some carry a token's secret.
 - CSRF: the API authenticates by an ``Authorization`` header, which a browser never attaches on
   its own, so a forged cross-site request carries no credential. As a second line, a
   state-changing request that a browser marks as cross-site (``Sec-Fetch-Site``) or whose
   ``Origin`` is not this listener is refused with 403 before it reaches a handler.
+
+The forward-auth endpoint (``/v1/authorize``) is left alone: a proxy asking for a decision
+copies the original request's headers, whose ``Origin`` and ``Content-Length`` describe a
+request to the protected app, not to us.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_BODY_BYTES = 64 * 1024
 _SAFE = {"GET", "HEAD", "OPTIONS"}
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class AdminGuard:
@@ -32,9 +38,13 @@ class AdminGuard:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/v1/authorize" or \
+                path.startswith("/v1/authorize/"):
             await self.app(scope, receive, send)
             return
+        if path.startswith("/v1/"):
+            send = _no_store(send)
         headers = {k: v for k, v in scope["headers"]}
         if scope["method"] not in _SAFE and _cross_site(headers):
             await _refuse(send, 403, "cross_site_request",
@@ -59,6 +69,15 @@ class AdminGuard:
             return message
 
         return limited
+
+
+def _no_store(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), _NO_STORE]
+        await send(message)
+
+    return sending
 
 
 def _cross_site(headers: dict[bytes, bytes]) -> bool:

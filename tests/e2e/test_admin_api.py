@@ -437,3 +437,20 @@ async def test_openapi_document_lists_every_endpoint(gw, http):
     create = doc["paths"]["/v1/tokens"]["post"]
     assert create["responses"]["422"]["content"]["application/json"]["schema"]["$ref"] \
         .endswith("/Error")
+
+
+async def test_forward_auth_is_not_judged_by_the_admin_apis_guard(gw, http):
+    t = await _create(http, gw)
+    # a proxy asking for a decision copies the original request's (cross-origin) headers
+    r = await http.post(f"{gw.admin}/v1/authorize", headers={
+        **bearer(t["token"]), "Origin": "https://app.example", "Sec-Fetch-Site": "cross-site",
+        "X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/upload"})
+    assert r.status_code == 200 and r.headers["x-auth-subject"] == "alice"
+
+
+async def test_api_responses_are_never_cached(gw, http):
+    r = await http.post(f"{gw.admin}/v1/tokens", json={"subject": "a", "name": "b"},
+                        headers=ADMIN)
+    assert r.status_code == 201 and r.headers["cache-control"] == "no-store"
+    r = await http.get(f"{gw.admin}/v1/tokens", headers=ADMIN)
+    assert r.headers["cache-control"] == "no-store"
