@@ -42,12 +42,15 @@ def run_demo(port: int) -> None:
         asyncio.get_running_loop().create_task(upstream.serve())
         _, secret = await gateway.authority.create(
             Actor("cli:demo"), subject="demo-user", name="demo", scopes=["read"])
+        _, admin = await gateway.authority.create(
+            Actor("cli:demo"), subject="demo-admin", name="demo admin", scopes=["authgate:admin"])
         click.echo(f"echo upstream  http://127.0.0.1:{port + 2}")
         click.echo(f"gateway        http://127.0.0.1:{port}  (admin http://127.0.0.1:{port + 1})")
         click.echo(f"store          {settings.store}\n")
         click.echo("Try it (the upstream echoes the identity headers the gateway added):\n")
         click.echo(f"  curl -s -H 'Authorization: Bearer {secret}' http://127.0.0.1:{port}/hello\n")
-        click.echo(f"Without the token you get a 401:  curl -i http://127.0.0.1:{port}/hello")
+        click.echo(f"Without the token you get a 401:  curl -i http://127.0.0.1:{port}/hello\n")
+        click.echo(f"Admin page: http://127.0.0.1:{port + 1}/admin  sign in with: {admin}")
         click.echo("Ctrl-C stops everything.")
 
     run(settings, ready)

@@ -35,6 +35,14 @@ def test_demo_curl_line_works():
         assert seen["x-auth-subject"] == "demo-user" and "authorization" not in seen
         assert httpx.get(args[4], timeout=10).status_code == 401
         assert re.fullmatch(r"Bearer agt_[0-9A-Za-z]{38}", value)
+        while "Admin page:" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            line = proc.stdout.readline()
+        page, admin = re.fullmatch(r"Admin page: (\S+)  sign in with: (\S+)", line.strip()).groups()
+        assert "Content-Security-Policy" in httpx.get(page, timeout=10).headers
+        r = httpx.get(page.replace("/admin", "/v1/stats"), timeout=10,
+                      headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200 and r.json()["active"] == 2
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
