@@ -27,7 +27,7 @@ from gateway.admin.access import (
     subject_filter,
 )
 from gateway.admin.export import EVENT_COLUMNS, TOKEN_COLUMNS, csv_response, wants_csv
-from gateway.authority import TokenAuthority, public_event, public_record, stats_dict
+from gateway.authority import TokenAuthority, public_event, public_record, rfc3339, stats_dict
 from gateway.errors import InvalidInput, NotFound
 from gateway.pipeline import Refusal
 from gateway.store import TokenRecord
@@ -215,7 +215,8 @@ async def token_usage(token_id: str, who: CallerDep, auth: AuthDep,
     per_day, ips = await auth.usage(token_id, days)
     return {"token_id": token_id,
             "days": [{"day": d, "requests": n} for d, n in per_day],
-            "last_ips": [{"ip": ip, "last_seen_at": at, "requests": n} for ip, at, n in ips]}
+            "last_ips": [{"ip": ip, "last_seen_at": rfc3339(at), "requests": n}
+                         for ip, at, n in ips]}
 
 
 # --- bulk revocation ---------------------------------------------------------------------

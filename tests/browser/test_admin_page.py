@@ -86,8 +86,13 @@ async def test_sign_in_create_see_the_secret_once_find_it_and_revoke_it(page, gw
 
     await row.get_by_role("button", name="Revoke").click()
     await expect(page.locator("#confirm-dialog")).to_be_visible()
-    await page.locator("#confirm-dialog").get_by_label("Reason").fill("left the team")
-    await page.get_by_role("button", name="Confirm").click()
+    await page.get_by_role("button", name="Cancel").click()  # cancel changes nothing
+    await expect(page.locator("#confirm-dialog")).to_be_hidden()
+    await expect(row.locator(".badge")).to_have_text("Active")
+    await row.get_by_role("button", name="Revoke").click()
+    reason = page.locator("#confirm-dialog").get_by_label("Reason")
+    await reason.fill("left the team")
+    await reason.press("Enter")  # Enter confirms what was typed
     await expect(row.locator(".badge")).to_have_text("Revoked")
     await expect(row.get_by_role("button", name="Revoke")).to_be_disabled()
     r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 
 import pytest
 
@@ -342,6 +343,7 @@ async def test_usage_per_day_and_last_ips(gw, http):
     assert r.status_code == 200 and len(body["days"]) == 7
     assert body["days"][-1]["requests"] == 3 and sum(d["requests"] for d in body["days"]) == 3
     assert [(i["ip"], i["requests"]) for i in body["last_ips"]] == [("127.0.0.1", 3)]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["last_ips"][0]["last_seen_at"])
     got = (await http.get(f"{gw.admin}/v1/tokens/{t['id']}", headers=ADMIN)).json()
     assert got["usage_count"] == 3 and got["last_used_ip"] == "127.0.0.1"
     r = await http.get(f"{gw.admin}/v1/tokens/{t['id']}/usage?days=0", headers=ADMIN)

@@ -313,11 +313,19 @@ async function openDetail(id) {
   });
 }
 
+function chartLabel(x, y, text, anchor = "start") {
+  const label = svg("text", { x, y, class: "label", "text-anchor": anchor });
+  label.textContent = text;
+  return label;
+}
+
 function drawChart(days) {
   const chart = $("usage-chart");
   const max = Math.max(1, ...days.map((d) => d.requests));
   const width = 300 / days.length;
-  chart.replaceChildren(...days.map((d, i) => {
+  const labels = [chartLabel(2, 8, `max ${max}/day`),
+    chartLabel(0, 88, days[0].day), chartLabel(300, 88, days[days.length - 1].day, "end")];
+  chart.replaceChildren(...labels, ...days.map((d, i) => {
     const height = Math.round((d.requests / max) * 70);
     const bar = svg("rect", { x: i * width + 1, y: 75 - height, width: width - 2,
       height: Math.max(height, 0.5), class: "bar" });
@@ -326,6 +334,8 @@ function drawChart(days) {
     bar.append(title);
     return bar;
   }), svg("line", { x1: 0, y1: 75.5, x2: 300, y2: 75.5, class: "axis" }));
+  chart.setAttribute("aria-label", `Requests per day, ${days[0].day} to ` +
+    `${days[days.length - 1].day}: ${days.reduce((n, d) => n + d.requests, 0)} in all`);
 }
 
 async function revokeFamily(t) {
@@ -434,6 +444,7 @@ document.addEventListener("DOMContentLoaded", () => {
         flash("Select and copy the secret by hand.", "error");
       });
   });
+  $("confirm-cancel").addEventListener("click", () => $("confirm-dialog").close("cancel"));
   $("secret-done").addEventListener("click", () => {
     $("secret-value").textContent = "";
     $("secret-panel").hidden = true;
