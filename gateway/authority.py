@@ -358,7 +358,7 @@ class TokenAuthority:
     # --- analytics and audit -----------------------------------------------------------------
 
     async def usage(self, token_id: str, days: int = 30, ips: int = 10
-                    ) -> tuple[list[tuple[date, int]], list[tuple[str, datetime, int]]]:
+                    ) -> tuple[Sequence[tuple[date, int]], Sequence[tuple[str, datetime, int]]]:
         """Requests per UTC day for the last ``days`` days (zeros included, oldest first) and
         the addresses it was used from most recently. Counts lag by one usage flush."""
         today = self.clock().date()
@@ -374,7 +374,7 @@ class TokenAuthority:
     async def events(self, *, token_id: str | None = None, subject: str | None = None,
                      type: str | None = None, since: datetime | None = None, limit: int = 50,
                      cursor: str | None = None,
-                     max_limit: int = MAX_PAGE) -> tuple[list[Event], str | None]:
+                     max_limit: int = MAX_PAGE) -> tuple[Sequence[Event], str | None]:
         limit = check_limit(limit, max_limit)
         page = await self.store.list_events(EventFilter(token_id, subject, type, since),
                                             limit + 1, decode_cursor(cursor))

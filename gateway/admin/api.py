@@ -275,7 +275,8 @@ async def events(request: Request, who: CallerDep, auth: AuthDep,
                  format: Format = None) -> Any:
     """The audit log, newest first; `?format=csv` exports every match."""
     subject = subject_filter(who, subject)
-    filters = {"token_id": token_id, "subject": subject, "type": type, "since": since}
+    filters: dict[str, Any] = {"token_id": token_id, "subject": subject, "type": type,
+                               "since": since}
     if wants_csv(request, format):
         async def pages(after: str | None) -> tuple[list[dict[str, Any]], str | None]:
             page, nxt = await auth.events(**filters, limit=500, cursor=after)

@@ -61,7 +61,7 @@ async def _refusal(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    headers = exc.headers
+    headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # Allow: every method of the path, not just the first route's
         headers = {"allow": ", ".join(sorted(_methods_of(request)))}
     return error(exc.status_code, _HTTP_ERRORS.get(exc.status_code, "invalid_request"),

@@ -87,7 +87,7 @@ class RevokeBody(_Body):
 
 
 class RotateBody(_Body):
-    grace_s: Int = Field(3600, ge=0, le=MAX_GRACE_S)
+    grace_s: Int = Field(default=3600, ge=0, le=MAX_GRACE_S)
 
 
 class RevokeAllBody(_Body):
@@ -96,7 +96,7 @@ class RevokeAllBody(_Body):
 
 
 class CleanupBody(_Body):
-    older_than_s: Int = Field(30 * 86400, ge=0, le=MAX_LIFETIME_S)
+    older_than_s: Int = Field(default=30 * 86400, ge=0, le=MAX_LIFETIME_S)
 
 
 # --- responses ----------------------------------------------------------------------------
