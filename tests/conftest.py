@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,6 +21,8 @@ from gateway.authority import TokenAuthority
 from gateway.config import Settings
 from gateway.store import SqlStore, make_store
 
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+_STARTED = time.time()
 PG_ADMIN_URL = os.environ.get("AUTHGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -105,3 +109,15 @@ def settings() -> Settings:
 @pytest.fixture
 def authority(store: SqlStore, settings: Settings, clock: Clock) -> TokenAuthority:
     return TokenAuthority(store, settings, clock=clock)
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Name what this run left in artifacts/ (the dashboard screenshot, the fuzzer's count)."""
+    fresh = sorted(p for p in ARTIFACTS.glob("*") if p.stat().st_mtime >= _STARTED) \
+        if ARTIFACTS.is_dir() else []
+    if not fresh:
+        return
+    terminalreporter.section("artifacts")
+    for path in fresh:
+        text = path.read_text().strip() if path.suffix == ".txt" else ""
+        terminalreporter.write_line(f"{path.relative_to(ARTIFACTS.parent)}  {text}".rstrip())

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import zlib
-from pathlib import Path
 
 import httpx
 import pytest
@@ -26,10 +25,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.admin import build_admin_app
+from tests.conftest import ARTIFACTS
 from tests.e2e.conftest import free_port
 
 BOOT = "fuzz-bootstrap-admin-secret-0123"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 MAX_EXAMPLES = int(os.environ.get("AUTHGATE_FUZZ_EXAMPLES", "100"))
 cases = {"count": 0, "by_status": {}}
 # Records that exist: positive cases on /tokens/{token_id}, /families/{family}/... and
