@@ -312,7 +312,10 @@ async def _export(pages: Pages, columns: tuple[str, ...], filename: str) -> Resp
 @router.post("/introspect", response_model=m.Introspection, response_model_exclude_none=True,
              tags=["introspection"])
 async def introspect(request: Request, who: CallerDep,
-                     token: Annotated[str, Form(max_length=512)]) -> dict[str, Any]:
+                     token: Annotated[str, Form(max_length=512)],
+                     token_type_hint: Annotated[str | None, Form(
+                         max_length=64, description="Accepted and ignored (RFC 7662 §2.1)")]
+                     = None) -> dict[str, Any]:
     """RFC 7662: the same checks as the proxy. A self caller learns only of its own subject's
     tokens; anything else is `{"active": false}`."""
     gw = gateway_of(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from playwright.async_api import Page, expect
@@ -60,6 +61,7 @@ async def test_sign_in_create_see_the_secret_once_find_it_and_revoke_it(page, gw
     await page.get_by_label("Name").fill(XSS)
     await page.get_by_label("Scopes (space-separated)").fill("read reports:read")
     await page.get_by_label("Expires in").fill("30d")
+    await page.get_by_label("Metadata").fill("team=payments\nticket = SEC-42")
     await page.get_by_role("button", name="Create token").click()
 
     secret_box = page.locator("#secret-value")
@@ -68,6 +70,9 @@ async def test_sign_in_create_see_the_secret_once_find_it_and_revoke_it(page, gw
     assert TOKEN_RE.match(secret)
     r = await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 200  # the secret shown is the real one
+    [created], _ = await gw.gateway.authority.list(subject="alice")
+    assert created.metadata == {"team": "payments", "ticket": "SEC-42"}
+    assert created.expires_at - created.created_at == timedelta(days=30)
     await page.get_by_role("button", name="Copy").click()
     assert await page.evaluate("navigator.clipboard.readText()") == secret
     await page.get_by_role("button", name="Done").click()
@@ -115,7 +120,7 @@ async def test_sign_in_create_see_the_secret_once_find_it_and_revoke_it(page, gw
 async def test_detail_chart_rotate_and_audit_log(page, gw, http):  # noqa: F811
     auth = gw.gateway.authority
     record, secret = await auth.create(Actor("cli:test"), subject="bob", name="build-bot",
-                                       scopes=["read"])
+                                       scopes=["read"], metadata={"ci": "yes"})
     for _ in range(4):
         await http.get(f"{gw.proxy}/echo", headers={"Authorization": f"Bearer {secret}"})
     await gw.gateway.usage.flush()
@@ -127,6 +132,7 @@ async def test_detail_chart_rotate_and_audit_log(page, gw, http):  # noqa: F811
     detail = page.locator("#token-detail")
     await expect(detail).to_be_visible()
     await expect(detail.locator("dd", has_text=record.family)).to_have_count(1)
+    await expect(detail.locator("dd", has_text='ci="yes"')).to_have_count(1)
     await expect(detail.locator("#usage-chart rect")).to_have_count(30)
     assert await detail.locator("#usage-chart rect").last.get_attribute("height") == "70"
     await expect(page.locator("#detail-ips")).to_contain_text("127.0.0.1: 4 request(s)")

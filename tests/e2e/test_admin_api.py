@@ -295,7 +295,8 @@ async def test_cross_site_requests_are_refused_and_change_nothing(gw, http):
 async def test_introspection_answers_with_the_proxys_checks(gw, http, clock):
     t = await _create(http, gw, scopes=["read", "write"], expires_in=3600)
     me = await _create(http, gw, subject="bob", scopes=["authgate:self", "read"])
-    r = await http.post(f"{gw.admin}/v1/introspect", data={"token": t["token"]}, headers=ADMIN)
+    r = await http.post(f"{gw.admin}/v1/introspect", headers=ADMIN,
+                        data={"token": t["token"], "token_type_hint": "access_token"})
     body = r.json()
     assert r.status_code == 200 and body["active"] is True
     assert body["scope"] == "read write" and body["sub"] == "alice" and body["jti"] == t["id"]

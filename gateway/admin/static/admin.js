@@ -251,6 +251,7 @@ async function createToken(event) {
   if (expires) body.expires_in = expires;
   if (rate) body.rate_limit = rate;
   await guarded(async () => {
+    body.metadata = metadataFrom($("create-metadata").value);
     const created = await api("POST", "/v1/tokens", body);
     $("create-form").reset();
     $("create-card").open = false;
@@ -258,6 +259,17 @@ async function createToken(event) {
     flash(`Created ${created.id} for ${created.subject}.`);
     await tokenTable.load(true);
   });
+}
+
+// "key=value" lines -> an object, as the CLI's repeated --metadata key=value.
+function metadataFrom(text) {
+  const metadata = {};
+  for (const line of text.split("\n").map((l) => l.trim()).filter(Boolean)) {
+    const at = line.indexOf("=");
+    if (at < 1) throw new Error(`metadata: "${line}" is not key=value`);
+    metadata[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+  }
+  return metadata;
 }
 
 async function revoke(t) {
@@ -298,6 +310,8 @@ async function openDetail(id) {
       ["Last address", t.last_used_ip || "-"], ["Requests", t.usage_count],
       ["Rate limit", t.rate_limit ? `${t.rate_limit.limit} per ${t.rate_limit.window_s} s`
         : "default"],
+      ["Metadata", Object.entries(t.metadata).map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+        .join(", ") || "-"],
       ["Rotated from", t.rotated_from || "-"], ["Grace until", t.grace_until ? when(t.grace_until)
         : "-"], ["Revoked", t.revoked_at ? `${when(t.revoked_at)} (${t.revoked_reason})` : "-"]];
     $("detail-fields").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k),
