@@ -415,6 +415,26 @@ async def test_concurrent_rotations_make_exactly_one_successor(gw, http):
     assert len(family) == 2
 
 
+async def test_many_calls_at_once(gw, http):
+    created = await asyncio.gather(*[
+        http.post(f"{gw.admin}/v1/tokens", json={"subject": f"s{i % 4}", "name": f"n{i}"},
+                  headers=ADMIN) for i in range(60)])
+    assert [r.status_code for r in created] == [201] * 60
+    ids = {r.json()["id"] for r in created}
+    assert len(ids) == 60 and len({r.json()["token"] for r in created}) == 60
+    target = created[0].json()["id"]
+    revoked = await asyncio.gather(*[
+        http.post(f"{gw.admin}/v1/tokens/{target}/revoke", headers=ADMIN) for _ in range(20)],
+        *[http.get(f"{gw.admin}/v1/tokens?limit=500", headers=ADMIN) for _ in range(20)])
+    assert {r.status_code for r in revoked} == {200}
+    assert len({r.json()["revoked_at"] for r in revoked[:20]}) == 1
+    events = (await http.get(f"{gw.admin}/v1/events?token_id={target}&type=token_revoked",
+                             headers=ADMIN)).json()["items"]
+    assert len(events) == 1  # revoking twice changes nothing, even at once
+    stats = (await http.get(f"{gw.admin}/v1/stats", headers=ADMIN)).json()
+    assert (stats["total"], stats["revoked"]) == (60, 1)
+
+
 async def test_the_admin_api_is_not_served_on_the_proxy_port(gw, http):
     admin = await _create(http, gw, scopes=["authgate:admin"])
     r = await http.get(f"{gw.proxy}/v1/tokens", headers=ADMIN)  # bootstrap is not a token

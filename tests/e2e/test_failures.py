@@ -105,6 +105,9 @@ def own_postgres() -> Iterator[OwnPostgres]:
     shutil.rmtree(pg.dir, ignore_errors=True)
 
 
+BOOT_ADMIN = "failure-bootstrap-admin-secret-0"
+
+
 async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not await predicate():
@@ -146,7 +149,8 @@ async def test_postgres_down_keeps_cached_tokens_and_refuses_unknown_with_503(
     await s.open()
     await s.migrate()
     await s.close()
-    rg = await start_gateway(store=own_postgres.url, local_cache_ttl_s=60)
+    rg = await start_gateway(store=own_postgres.url, local_cache_ttl_s=60,
+                             admin_token=BOOT_ADMIN)
     auth = rg.gateway.authority
     _, seen = await auth.create(ADMIN, subject="a", name="seen")
     _, unseen = await auth.create(ADMIN, subject="a", name="unseen")
@@ -158,6 +162,13 @@ async def test_postgres_down_keeps_cached_tokens_and_refuses_unknown_with_503(
     assert r.status_code == 503 and r.headers["retry-after"]
     assert r.json()["error"] == "temporarily_unavailable"
     assert (await http.get(f"{rg.admin}/readyz")).status_code == 503
+    admin = bearer(BOOT_ADMIN)  # the admin API answers 503 too, never a 500 or a half-change
+    for method, path, body in (("GET", "/v1/tokens", None), ("GET", "/v1/stats", None),
+                               ("POST", "/v1/tokens", {"subject": "a", "name": "during"}),
+                               ("GET", "/v1/tokens?format=csv", None)):
+        r = await http.request(method, f"{rg.admin}{path}", json=body, headers=admin)
+        assert r.status_code == 503 and r.headers["retry-after"], (path, r.text)
+        assert r.json()["error"] == "temporarily_unavailable"
 
     own_postgres.start()
 
@@ -166,6 +177,9 @@ async def test_postgres_down_keeps_cached_tokens_and_refuses_unknown_with_503(
 
     await until(works, 20)
     assert (await http.get(f"{rg.admin}/readyz")).status_code == 200
+    names = [t["name"] for t in (await http.get(f"{rg.admin}/v1/tokens", headers=admin)
+                                 ).json()["items"]]
+    assert sorted(names) == ["seen", "unseen"]
 
 
 async def test_sigterm_finishes_in_flight_requests_and_flushes_usage(upstream, tmp_path):
