@@ -75,10 +75,12 @@ class TokenCreate(_Body):
 
 
 class TokenUpdate(_Body):
-    name: Text | None = None
-    scopes: list[Scope] | None = Field(None, max_length=64)
+    """Only the fields sent change. null means "the default" for rate_limit and "never" for
+    expires_at; name, scopes and metadata cannot be null."""
+    name: Text = Field(default=None)
+    scopes: list[Scope] = Field(default=None, max_length=64)
     rate_limit: RateText | RateLimitIn | None = None
-    metadata: Metadata | None = None
+    metadata: Metadata = Field(default=None)
     expires_at: UtcDatetime | None = None
 
 

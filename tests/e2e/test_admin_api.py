@@ -208,9 +208,13 @@ async def test_bad_input_is_a_4xx_naming_the_field_and_changes_nothing(gw, http)
             ("/v1/revoke-all", {"confirm": True}, "body.reason")):
         r = await http.post(f"{gw.admin}{path}", json=body, headers=ADMIN)
         assert r.status_code == 422 and r.json()["error_description"].startswith(field), r.text
-    r = await http.patch(f"{gw.admin}/v1/tokens/{base['id']}", json={"subject": "mallory"},
-                         headers=ADMIN)
-    assert r.status_code == 422 and r.json()["error_description"].startswith("body.subject")
+    for patch, field in (({"subject": "mallory"}, "body.subject"), ({"name": None}, "body.name"),
+                         ({"scopes": None}, "body.scopes"), ({"metadata": None}, "body.metadata"),
+                         ({"expires_at": "2000-01-01T00:00:00Z"}, "expires_at")):
+        r = await http.patch(f"{gw.admin}/v1/tokens/{base['id']}", json=patch, headers=ADMIN)
+        assert r.status_code == 422 and r.json()["error_description"].startswith(field), patch
+    r = await http.get(f"{gw.admin}/v1/tokens?bogus=1")  # no credential: 401 before anything
+    assert r.status_code == 401
     for query, field in (("limit=0", "query.limit"), ("limit=501", "query.limit"),
                          ("limit=x", "query.limit"), ("status=gone", "query.status"),
                          ("cursor=bm9wZQ", "cursor")):
