@@ -15,6 +15,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from gateway.config import RateLimit
+
 TOKEN_COLUMNS = ("id", "subject", "name", "status", "scopes", "family", "hint", "rate_limit",
                  "metadata", "created_at", "expires_at", "last_used_at", "last_used_ip",
                  "usage_count", "revoked_at", "revoked_reason", "rotated_from", "grace_until")
@@ -41,8 +43,7 @@ def cell(value: Any) -> str:
 
 
 def _rate(value: Any) -> Any:
-    return f"{value['limit']}/{value['window_s']}s" if isinstance(value, dict) and \
-        set(value) == {"limit", "window_s"} else value
+    return str(RateLimit(**value)) if isinstance(value, dict) else value  # "100/minute"
 
 
 async def _lines(rows: AsyncIterator[dict[str, Any]], columns: tuple[str, ...]

@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway.admin import models as m
 from gateway.admin.api import ERRORS, gateway_of
 from gateway.errors import StoreUnavailable
-from gateway.pipeline import Refusal, identity_headers, rate_limit_headers, render_refusal
+from gateway.pipeline import Refusal, identity_headers, rate_limit_headers
 
 router = APIRouter()
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -69,9 +69,8 @@ async def authorize(request: Request) -> Response:
         decision = await gw.pipeline.decide(method.upper(), path, request.scope["headers"],
                                             client.host if client else None)
     except Refusal as refusal:
-        status, headers, body = render_refusal(refusal)
         gw.metrics.outcome[refusal.reason].inc()
-        return JSONResponse(body, status, headers={k.decode(): v.decode() for k, v in headers})
+        raise  # rendered by the one refusal handler (gateway.admin.errors), as on the API
     gw.metrics.outcome["ok"].inc()
     out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
         if decision.limit else {}

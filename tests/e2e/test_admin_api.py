@@ -356,7 +356,8 @@ async def test_usage_per_day_and_last_ips(gw, http):
 
 
 async def test_stats_and_csv_exports(gw, http):
-    a = await _create(http, gw, subject="alice", name="=HYPERLINK(\"http://x\")")
+    a = await _create(http, gw, subject="alice", name="=HYPERLINK(\"http://x\")",
+                      rate_limit={"limit": 5, "window_s": 60}, metadata={"team": "ops"})
     await _create(http, gw, subject="alice")
     b = await _create(http, gw, subject="bob")
     await http.post(f"{gw.admin}/v1/tokens/{b['id']}/revoke", headers=ADMIN)
@@ -374,6 +375,7 @@ async def test_stats_and_csv_exports(gw, http):
         assert "token_hash" not in rows[0] and "token" not in rows[0]
         named = next(row for row in rows if row["id"] == a["id"])
         assert named["name"] == "'=HYPERLINK(\"http://x\")"  # no formula in a spreadsheet
+        assert named["rate_limit"] == "5/minute" and named["metadata"] == '{"team": "ops"}'
     r = await http.get(f"{gw.admin}/v1/tokens?format=csv&status=revoked", headers=ADMIN)
     assert [row["id"] for row in csv.DictReader(io.StringIO(r.text))] == [b["id"]]
     r = await http.get(f"{gw.admin}/v1/events?format=csv&type=token_created", headers=ADMIN)
