@@ -110,7 +110,7 @@ function confirmAction(text, fields = []) {
   });
 }
 
-// One cursor-paged table (tokens, audit log): its filters, Previous/Next and CSV export.
+// One cursor-paged table (tokens, audit log): its filter form, Previous/Next and CSV export.
 function pager(name, path, filters, row) {
   const state = { cursors: [null], index: 0 };
   async function load(reset = false) {
@@ -136,7 +136,16 @@ function pager(name, path, filters, row) {
     params.set("format", "csv");
     return download(`${path}?${params}`, `${name}.csv`);
   });
-  return { load, prev: step(-1), next: step(1), csv };
+  function wire(form) {
+    $(form).addEventListener("submit", (e) => {
+      e.preventDefault();
+      load(true);
+    });
+    $(`${name}-prev`).addEventListener("click", step(-1));
+    $(`${name}-next`).addEventListener("click", step(1));
+    $(`${name}-csv`).addEventListener("click", csv);
+  }
+  return { load, wire };
 }
 
 // --- session and views ----------------------------------------------------------------------
@@ -463,21 +472,9 @@ document.addEventListener("DOMContentLoaded", () => {
     $("secret-value").textContent = "";
     $("secret-panel").hidden = true;
   });
-  $("token-filters").addEventListener("submit", (e) => {
-    e.preventDefault();
-    tokenTable.load(true);
-  });
-  $("tokens-prev").addEventListener("click", tokenTable.prev);
-  $("tokens-next").addEventListener("click", tokenTable.next);
-  $("tokens-csv").addEventListener("click", tokenTable.csv);
+  tokenTable.wire("token-filters");
+  eventTable.wire("event-filters");
   $("detail-close").addEventListener("click", () => { $("token-detail").hidden = true; });
-  $("event-filters").addEventListener("submit", (e) => {
-    e.preventDefault();
-    eventTable.load(true);
-  });
-  $("events-prev").addEventListener("click", eventTable.prev);
-  $("events-next").addEventListener("click", eventTable.next);
-  $("events-csv").addEventListener("click", eventTable.csv);
   $("subject-revoke-form").addEventListener("submit", revokeSubject);
   $("cleanup-form").addEventListener("submit", cleanup);
   $("revoke-all-form").addEventListener("submit", revokeAll);
