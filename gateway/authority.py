@@ -364,8 +364,8 @@ class TokenAuthority:
         today = self.clock().date()
         since = today - timedelta(days=days - 1)
         counted = dict(await self.store.daily_usage(token_id, since))
-        per_day = [(since + timedelta(days=i), counted.get(since + timedelta(days=i), 0))
-                   for i in range(days)]
+        window = [since + timedelta(days=i) for i in range(days)]
+        per_day = [(day, counted.get(day, 0)) for day in window]
         return per_day, await self.store.recent_ips(token_id, ips)
 
     async def stats(self, top: int = 10) -> Stats:

@@ -9,8 +9,8 @@
     7. limit       token limit + route limit, one atomic call                         429
     8. record      usage into an in-memory aggregate (written in batches)
 
-Steps 2-5 are ``verify``: the admin API's callers and RFC 7662 introspection go through the same
-code, so a token is judged usable in exactly one place.
+Steps 3-5 are ``verify`` (each caller reads its own credential): the admin API's callers and
+RFC 7662 introspection go through the same code, so a token is judged usable in one place.
 
 Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (the metric label and
 the audit detail) and a message; ``render_refusal`` is the one place that turns it into headers.

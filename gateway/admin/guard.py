@@ -45,7 +45,7 @@ class AdminGuard:
             return
         if path.startswith("/v1/"):
             send = _no_store(send)
-        headers = {k: v for k, v in scope["headers"]}
+        headers = dict(scope["headers"])
         if scope["method"] not in _SAFE and _cross_site(headers):
             await _refuse(send, 403, "cross_site_request",
                           "cross-site state-changing requests are refused")
