@@ -95,8 +95,10 @@ class Gateway:
         request_id = request_id_of(scope)
         client = scope.get("client")
         try:
-            decision = await self.pipeline.decide(scope["method"], scope["path"],
-                                                  scope["headers"], client[0] if client else None)
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else scope["path"]
+            ip = self.pipeline.client_address(client[0] if client else None, scope["headers"])
+            decision = await self.pipeline.decide(scope["method"], path, scope["headers"], ip)
         except Refusal as refusal:
             await self._send_refusal(send, refusal, request_id)
             self._observe(refusal.reason, started)

@@ -189,6 +189,7 @@ class Settings(_Strict):
     roles: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {"reader": ("read",), "writer": ("read", "write")})
     routes: tuple[Route, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed (§6)
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -242,7 +243,7 @@ class Settings(_Strict):
     _upstream = field_validator("upstream")(classmethod(lambda cls, v: _check_upstream(v)))
 
 
-_STRUCTURED = {"routes", "roles", "identity_headers"}
+_STRUCTURED = {"routes", "roles", "identity_headers", "trusted_proxies"}
 KEYS = tuple(Settings.model_fields)
 
 

@@ -9,9 +9,18 @@ the adapter boundary, in one place per adapter, so callers never import a driver
      ├── NotFound             unknown token id                                 CLI exit 1, API 404
      ├── Refused              a valid request the token's state forbids        CLI exit 1, API 409
      └── StoreUnavailable     the token store cannot be reached                CLI exit 1, API 503
+
+    Refusal                   a request the pipeline refuses (401/403/429/503, 400 for an
+                              ambiguous path): status, a reason from a closed set, a description
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.ratelimit import LimitResult
 
 
 class AuthgateError(Exception):
@@ -41,3 +50,14 @@ class Refused(AuthgateError):
 
 class StoreUnavailable(AuthgateError):
     pass
+
+
+@dataclass(slots=True)
+class Refusal(Exception):
+    """The pipeline's answer "no": rendered by ``gateway.pipeline.render_refusal``."""
+    status: int
+    reason: str  # a metrics outcome: no_credential, invalid_token, invalid_request, ...
+    description: str
+    scope: str | None = None
+    limit: LimitResult | None = None
+    retry_after: int | None = None

@@ -27,7 +27,7 @@ from gateway import tokens
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import IdentityHeaders, Settings
-from gateway.errors import StoreUnavailable
+from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, Limits, RateLimiter
 from gateway.routes import MatchedRoute, Router
@@ -38,16 +38,6 @@ log = logging.getLogger("authgate.pipeline")
 
 MAX_HEADER_BYTES = 32 * 1024
 Headers = list[tuple[bytes, bytes]]
-
-
-@dataclass(slots=True)
-class Refusal(Exception):
-    status: int
-    reason: str  # a metrics outcome: no_credential, invalid_token, ...
-    description: str
-    scope: str | None = None
-    limit: LimitResult | None = None
-    retry_after: int | None = None
 
 
 @dataclass(slots=True)
@@ -101,7 +91,26 @@ class Pipeline:
         self._api_key_header = header.lower().encode() if header else None
         self._hash = authority.hash
 
+    # --- shared entry points for every caller (proxy, forward auth, admin API) ---------------
+
+    def client_address(self, peer: str | None, headers: Headers) -> str | None:
+        """The client address (SPEC §6): the TCP peer, or, when the peer is in
+        ``trusted_proxies``, the rightmost X-Forwarded-For entry not itself trusted."""
+        return peer  # TODO(trust issue): trusted_proxies
+
+    def brake(self, ip: str | None) -> None:
+        """Refuse (429) a client address that is over ``failed_auth_limit`` before any work
+        is done for it (no I/O); a no-op for an address in good standing."""
+        # TODO(trust issue): implement
+
+    async def refused_credential(self, ip: str | None, reason: str) -> None:
+        """Charge a refused credential to ``ip`` (e.g. a wrong bootstrap admin secret); raises
+        Refusal 429 when that puts it over ``failed_auth_limit``."""
+        await self._failed(ip, reason)
+
     async def decide(self, method: str, path: str, headers: Headers, ip: str | None) -> Decision:
+        """Judge one request. ``path`` is the request target's path as sent (still
+        percent-encoded, no query); the router decodes it and refuses ambiguous paths."""
         route = self.router.match(path, method)
         if not route.auth_required:
             return await self._public(route, ip)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 import redis.asyncio as aioredis
@@ -11,7 +12,7 @@ from gateway.cache import RedisShared
 from gateway.config import RateLimit
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = os.environ.get("AUTHGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture(params=["memory", "redis"])

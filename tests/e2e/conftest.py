@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from gateway.config import Settings
 from gateway.server import serve
 from tests.conftest import open_empty_store
 
-REDIS_URL = "redis://127.0.0.1:6379/9"  # a database of its own, flushed per test
+# A database of its own, flushed per test (AUTHGATE_TEST_REDIS: another, for parallel runs).
+REDIS_URL = os.environ.get("AUTHGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 PAIRS = {"sqlite+memory": ("sqlite", "memory://"), "postgresql+redis": ("postgresql", REDIS_URL)}
 
 
