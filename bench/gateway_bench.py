@@ -1,100 +1,58 @@
-"""Gateway throughput and latency against bare pass-through baselines, all in one run.
+"""Gateway throughput and latency against a bare pass-through, in interleaved rounds of one run.
 
-    python bench/gateway_bench.py [--duration 10] [--skip-postgres]
+    python bench/gateway_bench.py                      # full run, ~6 min on 2 cores
+    python bench/gateway_bench.py --compare eb8d702    # and that revision's gateway, ~9 min
+    python bench/gateway_bench.py --quick              # short rounds, for development
 
-Starts a fast upstream (200-byte body), the bare Starlette pass-throughs (aiohttp client: the
-baseline; httpx default transport: for reference) and the gateway on SQLite + memory and on
-PostgreSQL + Redis, then drives each with wrk at 32 and 256 connections (tokens pre-created,
-cache warm, a per-token rate limit on, identity headers injected). Prints req/s, p50, p99,
-errors and the ratios gateway / baseline; then the gateway's RSS while serving 10,000 distinct
-tokens. Needs `wrk` (Debian: apt-get install wrk) and, unless skipped, PostgreSQL and Redis on
-127.0.0.1.
+Starts a 200-byte upstream, the baselines and one gateway process per backend pair (SQLite +
+memory, PostgreSQL + a private redis-server), then drives each in turn with wrk at 32, 256 and 1
+connections, round after round, and prints the medians: req/s, p50, p99, errors, ratios to the
+bare pass-through (same server, ASGI style and client as the gateway; no auth) and to the
+Starlette + aiohttp reference, latency added at one connection, and the CPU of each server and
+of the gateway's Redis per 1,000 requests. Then the gateway's RSS while serving 10,000 distinct
+tokens. docs/benchmarks.md says what every column means. Needs wrk (apt-get install wrk),
+redis-server and PostgreSQL on 127.0.0.1 (or --skip-postgres).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import re
 import secrets
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-PG = os.environ.get("AUTHGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = "redis://127.0.0.1:6379/10"
-PY = sys.executable
+from harness import (
+    HERE,
+    PY,
+    ROOT,
+    Redis,
+    Tree,
+    add_worktree,
+    cpu_seconds,
+    existing_redis,
+    free_port,
+    own_redis,
+    pg_database,
+    remove_worktree,
+    rss_mib,
+    run_wrk,
+    start,
+    stop_all,
+    wait_port,
+    write_wrk_script,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def write_wrk_script(path: Path, tokens: list[str]) -> None:
-    quoted = ",".join(f'"{t}"' for t in tokens)
-    path.write_text(
-        f"local tokens = {{{quoted}}}\nlocal i = 0\n"
-        "request = function()\n  i = i % #tokens + 1\n"
-        '  return wrk.format("GET", "/bench", {["Authorization"] = "Bearer " .. tokens[i]})\n'
-        "end\n")
-
-
-_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
-    return float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
-
-
-def run_wrk(port: int, conns: int, duration: int, script: Path | None) -> dict[str, float]:
-    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s"]
-    if script is not None:
-        cmd += ["-s", str(script)]
-    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}/bench"], capture_output=True,
-                         text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": p50, "p99": p99,
-            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
-            "non2xx": int(non2xx.group(1)) if non2xx else 0}
+BARE, REF = "bare (plain ASGI + aiohttp)", "starlette + aiohttp (ref)"
 
 
 async def create_tokens(store: str, n: int) -> list[str]:
+    """n fresh tokens (no practical rate limit) in ``store``, by whichever ``gateway`` imports."""
     from gateway.authority import Actor, TokenAuthority
     from gateway.config import Settings
     from gateway.store import make_store
@@ -112,17 +70,17 @@ async def create_tokens(store: str, n: int) -> list[str]:
     return out
 
 
-async def pg_database(action: str, name: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(PG)
-    try:
-        if action == "create":
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        else:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    script: Path | None = None
+    redis: Redis | None = None
+    tree: str = ""
+    backend: str = ""
+    variant: str = ""
+    runs: dict[int, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def gateway_env(store: str, cache: str, upstream: str, port: int) -> dict[str, str]:
@@ -132,100 +90,280 @@ def gateway_env(store: str, cache: str, upstream: str, port: int) -> dict[str, s
             "AUTHGATE_LOCAL_CACHE_TTL_S": "5"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=int, default=10)
+class Bench:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.tmp = Path(tempfile.mkdtemp(prefix="authgate-bench-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.databases: list[str] = []
+        self.worktrees: list[Tree] = []
+        self.targets: list[Target] = []
+        self.logs: dict[int, Path] = {}
+        self.upstream = ""
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def launch(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{len(self.procs)}-{name.split()[0]}.log"
+        self.procs.append(start(args, env=env, log=log, cwd=cwd))
+        self.logs[self.procs[-1].pid] = log
+        return self.procs[-1]
+
+    def gateways(self, tree: Tree, variants: list[tuple[str, dict[str, str]]]) -> None:
+        backends = ["sqlite+memory"] + ([] if self.opts.skip_postgres else ["postgresql+redis"])
+        for backend in backends:
+            redis: Redis | None = None
+            if backend == "sqlite+memory":
+                store = f"sqlite:///{self.tmp}/{tree.label}.db"
+            else:
+                self.databases.append(f"authgate_bench_{secrets.token_hex(4)}")
+                store = pg_database("create", self.databases[-1])
+                redis = self.redis()  # one per gateway: its CPU is that gateway's alone
+            script = self.tmp / f"{tree.label}-{backend}.lua"
+            write_wrk_script(script, tree.create_tokens(store, 100))
+            for suffix, extra in [("", {})] + (variants if backend == "sqlite+memory" else []):
+                name = f"{'gateway' if tree.path == ROOT else tree.label} {backend}"
+                name += f" {suffix}" if suffix else ""
+                port = free_port()
+                env = {**gateway_env(store, redis.url if redis else "memory://", self.upstream,
+                                     port), **tree.env, **extra}
+                proc = self.launch(name, [PY, "-m", "gateway", "serve"], env, tree.path)
+                self.targets.append(Target(name, port, proc, script, redis, tree.label, backend,
+                                           suffix))
+
+    def redis(self) -> Redis:
+        if self.opts.redis:
+            return existing_redis(self.opts.redis)
+        r = own_redis(self.tmp / f"{len(self.procs)}-redis.log")
+        assert r.proc is not None
+        self.procs.append(r.proc)
+        return r
+
+    def setup(self) -> None:
+        port = free_port()
+        self.wait(port, self.launch("upstream", [PY, str(HERE / "servers.py"), "upstream",
+                                                 str(port)]))
+        self.upstream = f"http://127.0.0.1:{port}"
+        for name, kind in [(BARE, "bare"), (REF, "baseline-aiohttp")] + (
+                [("starlette + httpx (ref)", "baseline-httpx")] if self.opts.httpx_ref else []):
+            port = free_port()
+            proc = self.launch(name, [PY, str(HERE / "servers.py"), kind, str(port),
+                                      self.upstream])
+            self.targets.append(Target(name, port, proc))
+        trees = [Tree("current", ROOT)]
+        if self.opts.compare:
+            self.worktrees.append(add_worktree(self.opts.compare))
+            trees.append(self.worktrees[-1])
+        variants = [parse_variant(v) for v in self.opts.variant]
+        for tree in trees:
+            tree.check()
+            self.gateways(tree, variants if tree.path == ROOT else [])
+        first_script = next(t.script for t in self.targets if t.script)
+        for t in self.targets:
+            # The baselines get the same wrk script (same Lua cost in wrk, same header bytes).
+            t.script = t.script or first_script
+            self.wait(t.port, t.proc)
+            run_wrk(t.port, 32, self.opts.warm, t.script)  # warm caches and connection pools
+
+    def wait(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            wait_port(port, proc=proc)
+        except RuntimeError:
+            log = self.logs.get(proc.pid)
+            print(log.read_text()[-3000:] if log else "", file=sys.stderr)
+            raise
+
+    # -- rounds ---------------------------------------------------------------------------------
+
+    def measure(self, t: Target, conns: int) -> dict[str, float]:
+        pid = t.proc.pid
+        rpid = t.redis.pid if t.redis else None
+        cpu0, redis0 = cpu_seconds(pid), cpu_seconds(rpid)
+        r = run_wrk(t.port, conns, self.opts.duration, t.script)
+        n = max(r["requests"], 1)
+        r["cpu"] = (cpu_seconds(pid) - cpu0) / n * 1e6  # ms per 1,000 requests
+        r["redis"] = (cpu_seconds(rpid) - redis0) / n * 1e6 if rpid else float("nan")
+        return r
+
+    def rounds(self) -> None:
+        for i in range(self.opts.rounds):
+            order = self.targets[i % len(self.targets):] + self.targets[:i % len(self.targets)]
+            for conns in self.opts.conns:
+                for t in order:  # rotated each round: no target always runs first
+                    t.runs.setdefault(conns, []).append(self.measure(t, conns))
+                    r = t.runs[conns][-1]
+                    print(f"  round {i + 1} c={conns} {t.name}: {r['rps']:.0f} req/s, "
+                          f"p50 {r['p50']:.3f} ms", file=sys.stderr)
+
+    # -- report ---------------------------------------------------------------------------------
+
+    def paired(self, t: Target, conns: int, base: Target, key: str, op: str = "/") -> float:
+        """Median over rounds of t's figure against base's in the same round (drift cancels)."""
+        vals = []
+        for a, b in zip(t.runs[conns], base.runs[conns], strict=True):
+            if op == "/":
+                vals.append(a[key] / b[key] if b[key] else float("nan"))
+            else:
+                vals.append(a[key] - b[key])
+        return statistics.median(vals)
+
+    def report(self) -> dict[tuple[str, int], dict[str, float]]:
+        bare, ref = self.targets[0], self.targets[1]
+        out: dict[tuple[str, int], dict[str, float]] = {}
+        print(f"\nmedians of {self.opts.rounds} interleaved round(s) of {self.opts.duration} s; "
+              "ratios are medians of same-round pairs; errors summed over rounds")
+        head = (f"{'target':<34} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} {'non2xx':>6} "
+                f"{'/bare':>6} {'/ref':>6} {'p99/bare':>8} {'+p50 ms':>8} {'cpu':>6} {'redis':>6} "
+                f"{'cpu/bare':>8}")
+        for conns in self.opts.conns:
+            print(f"\nwrk -c{conns} -t{1 if conns == 1 else 2}   (cpu, redis: CPU ms per 1,000 "
+                  "requests)\n" + head)
+            for t in self.targets:
+                rs = t.runs[conns]
+                m = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu")}
+                m["redis"] = statistics.median(r["redis"] for r in rs)
+                m["err"] = sum(r["socket_errors"] for r in rs)
+                m["non2xx"] = sum(r["non2xx"] for r in rs)
+                m["/bare"] = self.paired(t, conns, bare, "rps")
+                m["/ref"] = self.paired(t, conns, ref, "rps")
+                m["p99/bare"] = self.paired(t, conns, bare, "p99")
+                m["+p50"] = self.paired(t, conns, bare, "p50", "-")
+                redis = [0.0 if r["redis"] != r["redis"] else r["redis"] for r in rs]
+                m["cpu/bare"] = statistics.median(
+                    (r["cpu"] + x) / b["cpu"] if b["cpu"] else float("nan")
+                    for r, x, b in zip(rs, redis, bare.runs[conns], strict=True))
+                out[(t.name, conns)] = m
+                redis_s = "-" if t.redis is None else f"{m['redis']:.1f}"
+                print(f"{t.name:<34} {m['rps']:>7.0f} {m['p50']:>7.3f} {m['p99']:>7.2f} "
+                      f"{m['err']:>4.0f} {m['non2xx']:>6.0f} {m['/bare']:>6.2f} {m['/ref']:>6.2f} "
+                      f"{m['p99/bare']:>8.2f} {m['+p50']:>8.3f} {m['cpu']:>6.1f} {redis_s:>6} "
+                      f"{m['cpu/bare']:>8.2f}")
+        self.compare_summary()
+        return out
+
+    def compare_summary(self) -> None:
+        if not self.worktrees:
+            return
+        label = self.worktrees[0].label
+        print(f"\ncurrent tree / {label} (medians of same-round pairs; req/s ratio > 1: the "
+              "current tree is faster; +p50: ms the current tree adds)")
+        for t in self.targets:
+            if t.tree != "current" or t.variant:
+                continue
+            old = next((o for o in self.targets if o.tree == label and o.backend == t.backend),
+                       None)
+            if old is None:
+                continue
+            for conns in self.opts.conns:
+                rps = self.paired(t, conns, old, "rps")
+                print(f"  {t.backend:<18} c={conns:<4} req/s {rps:.3f}"
+                      f"   p50 {self.paired(t, conns, old, 'p50', '-'):+.3f} ms"
+                      f"   p99 {self.paired(t, conns, old, 'p99'):.2f}x")
+
+    def rss(self) -> tuple[float, float] | None:
+        t = next(t for t in self.targets if t.name == "gateway sqlite+memory")
+        store = f"sqlite:///{self.tmp}/current.db"
+        n = self.opts.rss_tokens
+        script = self.tmp / "many.lua"
+        write_wrk_script(script, Tree("current", ROOT).create_tokens(store, n))
+        before = rss_mib(t.proc.pid)
+        r = run_wrk(t.port, 32, self.opts.rss_duration, script)
+        after = rss_mib(t.proc.pid)
+        print(f"\nRSS of {t.name}: {before:.0f} MiB before, {after:.0f} MiB after serving "
+              f"{n:,} distinct tokens ({r['requests']:,.0f} requests, "
+              f"{r['socket_errors'] + r['non2xx']:.0f} errors): growth {after - before:.1f} MiB")
+        return before, after
+
+    def targets_summary(self, m: dict[tuple[str, int], dict[str, float]],
+                        rss: tuple[float, float] | None) -> None:
+        print("\nissue 10 targets (current tree)")
+        checks = []
+        limits = (("sqlite+memory", 0.90, 0.1), ("postgresql+redis", 0.85, 0.2))
+        for backend, floor, added in limits:
+            name = f"gateway {backend}"
+            if (name, 32) in m:
+                checks.append((f"{backend} c32 req/s / bare >= {floor}", m[(name, 32)]["/bare"],
+                               m[(name, 32)]["/bare"] >= floor))
+            for c in (32, 256):
+                if (name, c) in m:
+                    checks.append((f"{backend} c{c} p99 / bare p99 <= 1.2",
+                                   m[(name, c)]["p99/bare"], m[(name, c)]["p99/bare"] <= 1.2))
+                    errs = m[(name, c)]["err"] + m[(name, c)]["non2xx"]
+                    checks.append((f"{backend} c{c} errors == 0", errs, errs == 0))
+            if (name, 1) in m:
+                checks.append((f"{backend} c1 added p50 ms <= {added}", m[(name, 1)]["+p50"],
+                               m[(name, 1)]["+p50"] <= added))
+        if rss is not None:
+            checks.append((f"RSS growth MiB, {self.opts.rss_tokens:,} tokens < 20",
+                           rss[1] - rss[0], rss[1] - rss[0] < 20))
+        for text, value, ok in checks:
+            print(f"  {'ok  ' if ok else 'MISS'} {text:<48} {value:.3f}")
+
+    def cleanup(self) -> None:
+        stop_all(self.procs)
+        for name in self.databases:
+            pg_database("drop", name)
+        for tree in self.worktrees:
+            remove_worktree(tree)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    label, _, pairs = text.partition(":")
+    env = dict(p.split("=", 1) for p in pairs.split(",") if p)
+    if not label or not env:
+        raise SystemExit(f"--variant {text!r}: expected LABEL:KEY=VALUE[,KEY=VALUE]")
+    return label, env
+
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="development: 1 round of 2 s, 1,000 tokens for RSS (figures are rough)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds per level (default 5)")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 5)")
+    ap.add_argument("--conns", default="32,256,1", help="wrk connection counts (default 32,256,1)")
+    ap.add_argument("--compare", metavar="REV",
+                    help="also measure the gateway of git revision REV (temporary worktree)")
     ap.add_argument("--skip-postgres", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="measure every target this many times, interleaved; report the median")
-    opts = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
-    tmp = Path(tempfile.mkdtemp(prefix="authgate-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    results: dict[tuple[str, int], dict[str, float]] = {}
-    pg_name = f"authgate_bench_{secrets.token_hex(4)}"
+    ap.add_argument("--redis", metavar="URL", help="use this Redis instead of starting a "
+                    "private redis-server (its CPU then includes every other client's)")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                    help="an extra SQLite gateway of the current tree with these environment "
+                    "variables, e.g. httpx:AUTHGATE_FORWARDER=httpx (repeatable)")
+    ap.add_argument("--httpx-ref", action="store_true",
+                    help="also measure a Starlette + httpx bare pass-through")
+    ap.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
+    opts = ap.parse_args(argv)
+    opts.rounds = opts.rounds or (1 if opts.quick else 5)
+    opts.duration = opts.duration or (2 if opts.quick else 5)
+    opts.warm = 1 if opts.quick else 2
+    opts.rss_tokens = 1_000 if opts.quick else 10_000
+    opts.rss_duration = 3 if opts.quick else 10
+    opts.conns = [int(c) for c in opts.conns.split(",")]
+    return opts
+
+
+def main() -> None:
+    opts = options()
+    for tool in ("wrk", *(() if opts.redis or opts.skip_postgres else ("redis-server",))):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool.split('-')[0]})")
+    bench = Bench(opts)
+    started = time.monotonic()
     try:
-        up = free_port()
-        procs.append(start([PY, str(HERE / "servers.py"), "upstream", str(up)]))
-        wait_port(up)
-        upstream = f"http://127.0.0.1:{up}"
-
-        targets: list[tuple[str, int, Path | None, subprocess.Popen[bytes]]] = []
-        for name, kind in (("baseline (starlette+aiohttp)", "baseline-aiohttp"),
-                           ("reference (starlette+httpx)", "baseline-httpx")):
-            port = free_port()
-            p = start([PY, str(HERE / "servers.py"), kind, str(port), upstream])
-            procs.append(p)
-            targets.append((name, port, None, p))
-
-        pairs = [("gateway sqlite+memory", f"sqlite:///{tmp}/bench.db", "memory://")]
-        if not opts.skip_postgres:
-            asyncio.run(pg_database("create", pg_name))
-            pairs.append(("gateway postgresql+redis", PG.rsplit("/", 1)[0] + "/" + pg_name,
-                          REDIS))
-            import redis
-
-            redis.Redis.from_url(REDIS).flushdb()
-        for name, store, cache in pairs:
-            tokens = asyncio.run(create_tokens(store, 100))
-            script = tmp / f"{name.split()[-1]}.lua"
-            write_wrk_script(script, tokens)
-            port = free_port()
-            p = start([PY, "-m", "gateway", "serve"], gateway_env(store, cache, upstream, port))
-            procs.append(p)
-            targets.append((name, port, script, p))
-
-        for _name, port, script, _ in targets:
-            wait_port(port)
-            run_wrk(port, 32, 2, script)  # warm caches and connection pools
-        # Interleaved rounds, median per target: these machines drift by +/-20 % over minutes.
-        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(opts.rounds):
-            for conns in (32, 256):
-                for name, port, script, _ in targets:
-                    r = run_wrk(port, conns, opts.duration, script)
-                    runs.setdefault((name, conns), []).append(r)
-                    print(f"  measured {name} c={conns}: {r['rps']:.0f} req/s", file=sys.stderr)
-        for key, rs in runs.items():
-            rs.sort(key=lambda r: r["rps"])
-            median = dict(rs[len(rs) // 2])
-            median["socket_errors"] = sum(r["socket_errors"] for r in rs)
-            median["non2xx"] = sum(r["non2xx"] for r in rs)
-            results[key] = median
-
-        base = "baseline (starlette+aiohttp)"
-        print(f"\nmedian of {opts.rounds} interleaved round(s), {opts.duration} s each; "
-              "errors and non2xx summed over rounds")
-        print(f"{'target':<30} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'errors':>7} {'non2xx':>7} {'rps/base':>9} {'p99/base':>9}")
-        for (name, conns), r in results.items():
-            b = results[(base, conns)]
-            print(f"{name:<30} {conns:>5} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
-                  f"{r['socket_errors']:>7} {r['non2xx']:>7} {r['rps'] / b['rps']:>9.2f} "
-                  f"{r['p99'] / b['p99']:>9.2f}")
-
-        # Memory: the SQLite gateway serving 10,000 distinct tokens.
-        name, _, _, proc = targets[2]
-        tokens = asyncio.run(create_tokens(pairs[0][1], 10_000))
-        script = tmp / "many.lua"
-        write_wrk_script(script, tokens)
-        before = rss_mib(proc.pid)
-        run_wrk(targets[2][1], 32, max(opts.duration, 10), script)
-        after = rss_mib(proc.pid)
-        print(f"\nRSS of {name}: {before:.0f} MiB before, {after:.0f} MiB after serving "
-              f"10,000 distinct tokens")
+        bench.setup()
+        runs = len(bench.targets) * len(opts.conns) * opts.rounds
+        print(f"{len(bench.targets)} targets, {runs} wrk runs of {opts.duration} s: about "
+              f"{runs * opts.duration / 60:.1f} min", file=sys.stderr)
+        bench.rounds()
+        medians = bench.report()
+        rss = None if opts.no_rss else bench.rss()
+        bench.targets_summary(medians, rss)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if not opts.skip_postgres:
-            asyncio.run(pg_database("drop", pg_name))
-        shutil.rmtree(tmp, ignore_errors=True)
+        bench.cleanup()
+    print(f"\n(run took {(time.monotonic() - started) / 60:.1f} min)")
 
 
 if __name__ == "__main__":
