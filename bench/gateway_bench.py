@@ -349,7 +349,7 @@ def main() -> None:
     opts = options()
     for tool in ("wrk", *(() if opts.redis or opts.skip_postgres else ("redis-server",))):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is not installed (Debian: apt-get install {tool.split('-')[0]})")
+            sys.exit(f"{tool} is not installed (Debian: apt-get install -y {tool})")
     bench = Bench(opts)
     started = time.monotonic()
     try:
