@@ -1,11 +1,21 @@
 """Token caches: an in-process LRU in front of a shared cache in front of the store.
 
-- ``LocalCache``: bounded LRU with TTL (``local_cache_ttl_s``), positive and negative entries.
-- ``RedisShared``: the shared layer for ``redis://`` (positive and short negative entries), and
-  the revocation broadcast: a change publishes the affected hashes, and every replica drops them
-  from its LRU. A replica that misses a broadcast trusts its entry for at most the local TTL, and
-  clears its LRU when its subscription comes back after an outage.
-- With ``memory://`` the LRU is the one in-process store; there is no shared layer.
+- ``LocalCache``: two bounded LRUs, one for records and a small one for "no such token", so a
+  flood of unknown tokens never evicts a valid one.
+- ``RedisShared``: the shared layer for ``redis://``, and the revocation broadcast: a change
+  bumps the token's version mark, deletes its entry and publishes its hash, and every replica
+  drops it from its LRU. A replica clears its LRU when its subscription comes back after an
+  outage (it may have missed broadcasts).
+- With ``memory://`` the LRU is the one in-process cache; there is no shared layer.
+
+The revocation bound (SPEC §3) holds whoever writes, even a writer that never reaches Redis:
+every copy, in Redis or in an LRU, dies at its *deadline* = the moment the store read it came
+from started + ``local_cache_ttl_s``. A change committed at T is seen by every store read that
+starts after T, so every stale copy is gone by T + ttl. Redis entries are written with PX = the
+time left to the deadline (measured on the filling host's monotonic clock) and copies taken from
+Redis keep its remaining PTTL, so no wall clock is compared across hosts. The broadcast makes the
+usual case milliseconds; the version mark keeps a fill that raced a change from writing the old
+record back, and a local change counter does the same for the LRU.
 
 Redis errors never reach callers: the layer reports itself unhealthy for a moment and lookups go
 to the store (fail open to the store, never to "allow").
@@ -14,6 +24,7 @@ to the store (fail open to the store, never to "allow").
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -23,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import RateLimit
 from gateway.store import Revoked, TokenRecord
@@ -33,43 +44,76 @@ log = logging.getLogger("authgate.cache")
 MISS = object()  # distinct from None, which is a cached "no such token"
 CHANNEL = "authgate:invalidate"
 NEGATIVE_TTL_S = 2.0
-SHARED_TTL_S = 300
+MAX_NEGATIVE = 4096
+# A version mark outlives its change by more than any fill can take (a fill with no time left
+# to its deadline never writes), so a racing fill always finds it.
+VERSION_TTL_S = 60.0
 
 
 class LocalCache:
+    """Bounded LRUs of records and of unknown hashes; each entry expires at its own deadline
+    (monotonic seconds), never later than ``ttl_s`` after it was put."""
+
     def __init__(self, ttl_s: float, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_negative: int = MAX_NEGATIVE) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._clock = clock
-        self._data: OrderedDict[str, tuple[float, TokenRecord | None]] = OrderedDict()
+        self.max_negative = max_negative
+        self.clock = clock
+        self._known: OrderedDict[str, tuple[float, TokenRecord]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._known) + len(self._unknown)
+
+    def ttl_for(self, record: TokenRecord | None) -> float:
+        return self.ttl_s if record is not None else min(self.ttl_s, NEGATIVE_TTL_S)
 
     def get(self, key: str) -> Any:
-        item = self._data.get(key)
-        if item is None:
+        item = self._known.get(key)
+        if item is not None:
+            if item[0] > self.clock():
+                self._known.move_to_end(key)
+                return item[1]
+            del self._known[key]
             return MISS
-        if item[0] <= self._clock():
-            del self._data[key]
+        expires = self._unknown.get(key)
+        if expires is None:
             return MISS
-        self._data.move_to_end(key)
-        return item[1]
+        if expires > self.clock():
+            self._unknown.move_to_end(key)
+            return None
+        del self._unknown[key]
+        return MISS
 
-    def put(self, key: str, record: TokenRecord | None) -> None:
-        ttl = self.ttl_s if record is not None else min(self.ttl_s, NEGATIVE_TTL_S)
-        self._data[key] = (self._clock() + ttl, record)
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+    def put(self, key: str, record: TokenRecord | None, expires: float | None = None) -> None:
+        now = self.clock()
+        latest = now + self.ttl_for(record)
+        expires = latest if expires is None else min(expires, latest)
+        if expires <= now:
+            return
+        if record is None:
+            self._known.pop(key, None)
+            self._unknown[key] = expires
+            self._unknown.move_to_end(key)
+            if len(self._unknown) > self.max_negative:
+                self._unknown.popitem(last=False)
+            return
+        self._unknown.pop(key, None)
+        self._known[key] = (expires, record)
+        self._known.move_to_end(key)
+        if len(self._known) > self.max_entries:
+            self._known.popitem(last=False)
 
     def drop(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._data.pop(key, None)
+            self._known.pop(key, None)
+            self._unknown.pop(key, None)
 
     def clear(self) -> None:
-        self._data.clear()
+        self._known.clear()
+        self._unknown.clear()
 
 
 # --- records as JSON for the shared cache ------------------------------------------------------
@@ -93,6 +137,32 @@ def record_from_json(text: str | bytes) -> TokenRecord:
     data["scopes"] = tuple(data["scopes"])
     data["rate_limit"] = RateLimit(**data["rate_limit"]) if data["rate_limit"] else None
     return TokenRecord(**data)
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+# KEYS[1] the cached record, KEYS[2] its version mark (same hash tag: one slot).
+# Returns {value or nil, PTTL of the value (-2: none), version mark ('' if none)}.
+_READ = """
+local v = redis.call('GET', KEYS[1])
+local left = -2
+if v then left = redis.call('PTTL', KEYS[1]) end
+return {v, left, redis.call('GET', KEYS[2]) or ''}
+"""
+# ARGV[1] the version mark read before the store read, ARGV[2] the value, ARGV[3] PX.
+# A change since that read (the mark moved) means the value may be stale: keep nothing.
+_FILL = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_READ, _FILL)}  # noqa: S324 - script ids
+
+
+def _keys(token_hash: str) -> tuple[str, str]:
+    return f"authgate:tok:{{{token_hash}}}", f"authgate:ver:{{{token_hash}}}"
 
 
 class RedisShared:
@@ -125,30 +195,51 @@ class RedisShared:
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping()))
 
-    async def get(self, key: str) -> Any:
+    async def _script(self, script: str, keys: Sequence[str], *args: Any) -> Any:
+        """EVALSHA, loading the script only when Redis lacks it (one round trip as a rule)."""
+        try:
+            return await self.client.evalsha(_SHA[script], len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.eval(script, len(keys), *keys, *args)
+
+    async def get(self, key: str) -> tuple[Any, float, bytes] | None:
+        """(record, None for "no such token", or MISS; seconds it has left; version mark), in
+        one round trip; None when Redis was not asked (unhealthy) or failed."""
         if not self.healthy():
-            return MISS
-        raw = await self.call(self.client.get(f"authgate:tok:{key}"))
-        if raw is None:
-            return MISS
-        return None if raw == b"-" else record_from_json(raw)
+            return None
+        reply = await self.call(self._script(_READ, _keys(key)))
+        if reply is None:
+            return None
+        raw, left_ms, version = reply
+        if raw is None or left_ms <= 0:  # absent, or (never written so) without an expiry
+            return MISS, 0.0, version
+        return (None if raw == b"-" else record_from_json(raw)), left_ms / 1000, version
 
-    async def put(self, key: str, record: TokenRecord | None) -> None:
-        if self.healthy():
+    async def fill(self, key: str, record: TokenRecord | None, version: bytes,
+                   left_s: float) -> None:
+        """Share a store read for the ``left_s`` seconds left to its deadline, unless the
+        token changed since ``version`` was read."""
+        px = int(left_s * 1000)
+        if px > 0 and self.healthy():
             value = record_to_json(record) if record is not None else "-"
-            ttl = SHARED_TTL_S if record is not None else NEGATIVE_TTL_S
-            await self.call(self.client.set(f"authgate:tok:{key}", value, px=int(ttl * 1000)))
+            await self.call(self._script(_FILL, _keys(key), version, value, px))
 
-    async def delete_and_publish(self, keys: Sequence[str] | None) -> None:
-        async def run() -> None:
+    async def delete_and_publish(self, keys: Sequence[str] | None) -> bool:
+        """Bump each token's version mark, delete its entry, tell every replica. False when
+        Redis could not be told (other replicas then drop their copies at their deadline)."""
+        async def run() -> bool:
             async with self.client.pipeline(transaction=False) as pipe:
-                if keys:
-                    pipe.delete(*(f"authgate:tok:{k}" for k in keys))
+                for key in keys or ():
+                    entry, version = _keys(key)
+                    pipe.incr(version)  # before the delete: a racing fill lands before it or fails
+                    pipe.pexpire(version, int(VERSION_TTL_S * 1000))
+                    pipe.delete(entry)
                 pipe.publish(CHANNEL, json.dumps(list(keys) if keys is not None else "*"))
                 await pipe.execute()
+            return True
         if keys is None:
             await self.call(self._delete_all())
-        await self.call(run())
+        return bool(await self.call(run()))
 
     async def _delete_all(self) -> None:
         async for key in self.client.scan_iter(match="authgate:tok:*", count=1000):
@@ -184,12 +275,15 @@ class TokenCache:
         self.local = local
         self.shared = shared
         self._listener: asyncio.Task[None] | None = None
+        # Bumped by every invalidation: a fill that saw it change may hold a stale record.
+        self._changes = 0
 
     def start(self) -> None:
         if self.shared is not None:
             self._listener = asyncio.create_task(self.shared.listen(self._on_broadcast))
 
     def _on_broadcast(self, keys: list[str] | None) -> None:
+        self._changes += 1
         self.local.clear() if keys is None else self.local.drop(keys)
 
     async def lookup(self, key: str, load: Callable[[str], Awaitable[TokenRecord | None]],
@@ -198,24 +292,34 @@ class TokenCache:
         if record is not MISS:
             hit("local")
             return record
+        changes, version = self._changes, None
         if self.shared is not None:
-            record = await self.shared.get(key)
-            if record is not MISS:
-                hit("shared")
-                self.local.put(key, record)
-                return record
+            asked = self.local.clock()
+            found = await self.shared.get(key)
+            if found is not None:
+                record, left_s, version = found
+                if record is not MISS:
+                    hit("shared")
+                    if self._changes == changes:  # the copy dies when the Redis entry does
+                        self.local.put(key, record, asked + left_s)
+                    return record
         hit("store")
+        started = self.local.clock()
         record = await load(key)
-        self.local.put(key, record)
-        if self.shared is not None:
-            await self.shared.put(key, record)
+        if self._changes != changes:  # changed while we read: what we hold may be stale
+            return record
+        deadline = started + self.local.ttl_for(record)
+        self.local.put(key, record, deadline)
+        if self.shared is not None and version is not None:
+            await self.shared.fill(key, record, version, deadline - self.local.clock())
         return record
 
     async def invalidate(self, revoked: Sequence[Revoked] | None) -> None:
         keys = None if revoked is None else [r.token_hash for r in revoked]
         self._on_broadcast(keys)
-        if self.shared is not None:
-            await self.shared.delete_and_publish(keys)
+        if self.shared is not None and not await self.shared.delete_and_publish(keys):
+            log.warning("change not broadcast (Redis unreachable): other replicas drop the "
+                        "token within local_cache_ttl_s")
 
     async def close(self) -> None:
         if self._listener is not None:
