@@ -318,8 +318,8 @@ class TokenCache:
         keys = None if revoked is None else [r.token_hash for r in revoked]
         self._on_broadcast(keys)
         if self.shared is not None and not await self.shared.delete_and_publish(keys):
-            log.warning("change not broadcast (Redis unreachable): other replicas drop the "
-                        "token within local_cache_ttl_s")
+            log.warning("change not broadcast (Redis unreachable): every replica sees it "
+                        "within local_cache_ttl_s instead of at once")
 
     async def close(self) -> None:
         if self._listener is not None:
