@@ -12,8 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.admin import models as m
 from gateway.admin.api import ERRORS, gateway_of
-from gateway.errors import StoreUnavailable
-from gateway.pipeline import Refusal, identity_headers, rate_limit_headers
+from gateway.errors import Refusal, StoreUnavailable
+from gateway.pipeline import identity_headers, rate_limit_headers
 
 router = APIRouter()
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -52,22 +52,54 @@ async def metrics(request: Request) -> Response:
 
 _AUTHORIZE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Allowed; identity and rate-limit headers set", "content": None},
-    **{code: ERRORS[code] for code in (401, 403, 429, 503)}}
+    **{code: ERRORS[code] for code in (400, 401, 403, 429, 503)}}
+
+
+_URI_HEADERS = ("x-forwarded-uri", "x-original-uri")
+_PREFIX = "/v1/authorize"
+
+
+def _invalid(why: str) -> Refusal:
+    return Refusal(400, "invalid_request", why)
+
+
+def requested_path(request: Request) -> str:
+    """The path to judge (SPEC §7), still percent-encoded: from X-Forwarded-Uri, X-Original-URI
+    and the path after /v1/authorize, which must agree when more than one is present: a proxy
+    sets one of them, and a client may have added another (nginx passes client headers on)."""
+    found: list[str] = []
+    for name in _URI_HEADERS:
+        found.extend(v.partition("?")[0] for v in request.headers.getlist(name))
+    raw = request.scope.get("raw_path")
+    raw_path = raw.decode("latin-1") if raw else request.scope["path"]
+    if not raw_path.startswith(_PREFIX):  # an encoded /v1/authorize: read no path from it
+        raise _invalid("the decision endpoint's own path is percent-encoded")
+    if tail := raw_path[len(_PREFIX):]:
+        found.append(tail)  # Envoy ext_authz appends the original path (its query is not here)
+    if any(uri != found[0] for uri in found[1:]):
+        raise _invalid("X-Forwarded-Uri, X-Original-URI and the path after /v1/authorize "
+                       "disagree")
+    return found[0] if found else "/"
+
+
+def _claimed_method(request: Request) -> str:
+    claimed = request.headers.getlist("x-forwarded-method")
+    if len(set(claimed)) > 1:
+        raise _invalid("X-Forwarded-Method is given more than once")
+    return (claimed[0] if claimed else request.method).upper()
 
 
 async def authorize(request: Request) -> Response:
     """Forward-auth decision (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz): the
-    proxy's own pipeline, on `X-Forwarded-Method` and `X-Forwarded-Uri` / `X-Original-URI`."""
+    proxy's own pipeline, on `X-Forwarded-Method` and the URI sources of ``requested_path``,
+    judged by the proxy listener's path rule."""
     gw = gateway_of(request)
-    h = request.headers
-    method = h.get("x-forwarded-method") or request.method
-    uri = (h.get("x-forwarded-uri") or h.get("x-original-uri")
-           or "/" + request.path_params.get("path", ""))
-    path = uri.split("?", 1)[0] or "/"
     client = request.client
     try:
-        decision = await gw.pipeline.decide(method.upper(), path, request.scope["headers"],
-                                            client.host if client else None)
+        ip = gw.pipeline.client_address(client.host if client else None,
+                                        request.scope["headers"])
+        decision = await gw.pipeline.decide(_claimed_method(request), requested_path(request),
+                                            request.scope["headers"], ip)
     except Refusal as refusal:
         gw.metrics.outcome[refusal.reason].inc()
         raise  # rendered by the one refusal handler (gateway.admin.errors), as on the API
