@@ -1,92 +1,129 @@
-"""deploy/nginx/authgate.conf for real: Debian's nginx + authgate + an app, all on loopback."""
+"""deploy/nginx/authgate.conf for real: Debian's nginx + authgate + an app, all on loopback, with
+a client that adds the headers authgate and the app read."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
 
 from gateway.authority import Actor
 from tests.e2e.conftest import free_port
+from tests.e2e.edge import nginx, raw_request
 
 RECIPE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "authgate.conf"
+ROUTES = [{"path": "/public/*", "auth": "none"},
+          {"path": "/limited/*", "auth": "none", "rate_limit": "1/minute"},
+          {"path": "/admin/*", "scopes": ["admin"]},
+          {"path": "/*", "methods": ["DELETE"], "scopes": ["write"]}]
+IDENTITY = ("x-auth-subject", "x-auth-token-id", "x-auth-token-name", "x-auth-scopes",
+            "x-auth-assertion")
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
-                                      else None)
-    if found is None and os.geteuid() == 0:  # the test installs what it needs (Debian)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"],
-                       check=True, env=env, capture_output=True)
-        found = shutil.which("nginx") or "/usr/sbin/nginx"
-    if found is None:
-        pytest.fail("nginx is needed: apt-get install nginx")
-    return found
-
-
-@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
-async def test_nginx_auth_request_recipe(start_gateway, upstream, http, tmp_path):
-    nginx = await asyncio.to_thread(nginx_binary)
-    rg = await start_gateway(routes=[{"path": "/admin/*", "scopes": ["admin"]}])
+@pytest.fixture
+async def edge(start_gateway, upstream, tmp_path):
+    """nginx with the shipped recipe before authgate and the echo app; (url, tokens)."""
+    rg = await start_gateway(routes=ROUTES, failed_auth_limit=None)
     port = free_port()
     recipe = (RECIPE.read_text()
               .replace("127.0.0.1:8081", rg.admin.removeprefix("http://"))
               .replace("127.0.0.1:9000", upstream.removeprefix("http://"))
               .replace("listen 8000;", f"listen 127.0.0.1:{port};"))
     (tmp_path / "recipe.conf").write_text(recipe)
-    (tmp_path / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp_path}/body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
-    include {tmp_path}/recipe.conf;
-}}
-""")
-    proc = await asyncio.create_subprocess_exec(nginx, "-p", str(tmp_path), "-c",
-                                                str(tmp_path / "nginx.conf"),
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                await http.get(url)
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
-        _, secret = await rg.gateway.authority.create(Actor("cli:test"), subject="alice",
-                                                      name="ci", scopes=["read"])
-        r = await http.get(f"{url}/echo?x=1", headers={"Authorization": f"Bearer {secret}",
-                                                       "X-Auth-Subject": "mallory"})
-        assert r.status_code == 200, (r.status_code, r.text)
-        sent = {}
-        for k, v in r.json()["headers"]:
-            sent.setdefault(k.lower(), []).append(v)
-        assert sent["x-auth-subject"] == ["alice"]  # authgate's answer, not the client's
-        assert sent["x-auth-token-name"] == ["ci"] and sent["x-auth-scopes"] == ["read"]
-        assert "authorization" not in sent
-        assert r.headers["x-ratelimit-remaining"].isdigit()
+    url = f"http://127.0.0.1:{port}"
+    tokens = {}
+    for name, scopes in (("read", ["read"]), ("admin", ["admin"])):
+        _, tokens[name] = await rg.gateway.authority.create(
+            Actor("cli:test"), subject="alice", name=name, scopes=scopes)
+    async with nginx(tmp_path, f"include {tmp_path}/recipe.conf;", url):
+        yield url, tokens
 
-        r = await http.get(f"{url}/echo")
-        assert r.status_code == 401
-        assert r.headers["www-authenticate"] == 'Bearer realm="authgate"'
-        r = await http.get(f"{url}/echo", headers={"Authorization": "Bearer agt_garbage"})
-        assert r.status_code == 401
-        r = await http.get(f"{url}/admin/x", headers={"Authorization": f"Bearer {secret}"})
-        assert r.status_code == 403  # the route's scope, judged on the original URI
-    finally:
-        proc.terminate()
-        await proc.wait()
+
+def bearer(token: str) -> tuple[str, str]:
+    return ("Authorization", f"Bearer {token}")
+
+
+def app_saw(body: bytes) -> dict[str, list[str]]:
+    sent: dict[str, list[str]] = {}
+    for k, v in json.loads(body)["headers"]:
+        sent.setdefault(k.lower(), []).append(v)
+    return sent
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_nginx_auth_request_recipe(edge):
+    url, tokens = edge
+    r = await raw_request(url, "/echo?x=1", [bearer(tokens["read"]), ("X-Auth-Subject", "mallory")])
+    assert r.status == 200, (r.status, r.body)
+    sent = app_saw(r.body)
+    assert sent["x-auth-subject"] == ["alice"]  # authgate's answer, not the client's
+    assert sent["x-auth-token-name"] == ["read"] and sent["x-auth-scopes"] == ["read"]
+    assert "authorization" not in sent
+    assert r.header("x-ratelimit-remaining").isdigit()
+
+    r = await raw_request(url, "/echo")
+    assert r.status == 401
+    assert r.header("www-authenticate") == 'Bearer realm="authgate"'
+    assert (await raw_request(url, "/echo", [("Authorization", "Bearer agt_garbage")])).status \
+        == 401
+    r = await raw_request(url, "/admin/x", [bearer(tokens["read"])])
+    assert r.status == 403  # the route's scope, judged on the original URI
+    assert (await raw_request(url, "/admin/x", [bearer(tokens["admin"])])).status == 200
+
+
+SPOOFS = [
+    [("X-Forwarded-Uri", "/public/x")],
+    [("X-Original-URI", "/public/x")],
+    [("X-Forwarded-Uri", "/public/x"), ("X-Original-URI", "/public/x")],
+    [("X-Forwarded-Uri", "/public/x"), ("X-Forwarded-Method", "OPTIONS")],
+    [("X-Forwarded-Uri", "/admin/secret/../../public/x")],
+]
+
+
+async def test_client_added_uri_and_method_headers_change_nothing(edge):
+    """The audit's bypass: `X-Forwarded-Uri: /public/x` on a protected path got 200."""
+    url, tokens = edge
+    for spoof in SPOOFS:
+        for token, expected in ((None, 401), (tokens["read"], 403)):
+            headers = spoof + ([bearer(token)] if token else [])
+            r = await raw_request(url, "/admin/secret", headers)
+            assert r.status == expected, (spoof, r.status, r.body)
+    # method: a read token's DELETE stays a DELETE whatever the client says it is
+    r = await raw_request(url, "/items/1", [bearer(tokens["read"]), ("X-Forwarded-Method", "GET")],
+                          method="DELETE")
+    assert r.status == 403
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_ambiguous_paths_through_nginx(edge):
+    url, tokens = edge
+    for target in ("/public/../admin/secret", "/public/%2e%2e/admin/secret",
+                   "/public%2f..%2fadmin/secret", "//admin/secret", "/./admin/secret",
+                   "/public/..;/admin/secret"):
+        for token in (None, tokens["read"]):
+            r = await raw_request(url, target, [bearer(token)] if token else [])
+            assert r.status == 400, (target, r.status, r.body)  # authgate's, not nginx's 500
+    r = await raw_request(url, "/%61dmin/secret", [bearer(tokens["read"])])
+    assert r.status == 403  # judged decoded
+    assert (await raw_request(url, "/%61dmin/secret")).status == 401
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_identity_headers_never_come_from_the_client(edge):
+    url, _ = edge
+    spoofs = [("X-Auth-Subject", "mallory"), ("X-Auth-Scopes", "admin"), ("X-Auth-Token-Id", "t"),
+              ("X-Auth-Token-Name", "n"), ("X-Auth-Assertion", "forged"),
+              ("X-Auth_Subject", "mallory")]
+    r = await raw_request(url, "/public/echo", spoofs)  # an auth: none route: no identity
+    assert r.status == 200, (r.status, r.body)
+    sent = app_saw(r.body)
+    assert not [k for k in sent if k.replace("_", "-") in IDENTITY], sent
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_authgate_429_reaches_the_client_as_429(edge):
+    url, _ = edge
+    assert (await raw_request(url, "/limited/x")).status == 200
+    r = await raw_request(url, "/limited/x")
+    assert r.status == 429 and int(r.header("retry-after")) > 0
