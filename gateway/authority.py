@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -27,15 +29,32 @@ from gateway.store import (
     TokenRecord,
     TokenStore,
 )
+from gateway.store.base import REPLAYED
 
 DEFAULT_GRACE_S = 3600
 MAX_GRACE_S = 30 * 86400
+MAX_LIFETIME_S = 100 * 365 * 86400
 MAX_TEXT = 200
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 8
 MAX_PAGE = 500
+MAX_RATE = 10**9  # requests per window; the store keeps it in a 32-bit column
+MAX_WINDOW_S = 366 * 86400
+# The latest expiry a record can hold: a rotation's successor is capped here, not overflowed.
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_MAX_CURSOR = 2**63 - 1  # a 64-bit store position
+# Control characters (C0, DEL, C1), line separators and lone surrogates (not UTF-8, so no store
+# can hold them): never in a subject, name or reason.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# What no store can hold (jsonb refuses \u0000; lone surrogates are not UTF-8): never in metadata.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Called with what a change made unusable (or None for "everything") so caches can drop it.
 Invalidator = Callable[[Sequence[Revoked] | None], Awaitable[None]]
+# A caller's veto on a change, run before anything is written: (the token before, or None for a
+# create; the token as it would be stored). It raises to refuse (the admin API's self-service
+# bounds).
+Allow = Callable[[TokenRecord | None, TokenRecord], None]
 
 
 def utcnow() -> datetime:
@@ -90,7 +109,8 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         kind, _, number = text.partition(":")
-        if kind == "c1" and number.isdigit():
+        if kind == "c1" and number.isascii() and number.isdigit() and len(number) <= 19 \
+                and int(number) <= _MAX_CURSOR:
             return int(number)
     except (ValueError, UnicodeDecodeError):
         pass
@@ -102,23 +122,49 @@ def check_text(field: str, value: object, max_len: int = MAX_TEXT) -> str:
         raise InvalidInput(field, "must be a non-empty string")
     if len(value) > max_len:
         raise InvalidInput(field, f"must be at most {max_len} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInput(field, "must not contain control characters")
+    if _BAD_CHARS.search(value):
+        raise InvalidInput(field, "must not contain control characters or lone surrogates")
     return value
 
 
 def check_metadata(value: object) -> dict[str, Any]:
+    """A JSON object every store keeps and every response can carry back: at most
+    ``MAX_METADATA_DEPTH`` levels (a deeper one once made every token list fail), no NaN or
+    infinity, no control characters; returned as a fresh copy of what will be stored."""
     if value is None:
         return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+    if not isinstance(value, Mapping):
         raise InvalidInput("metadata", "must be an object with string keys")
+    _check_json(value, 1)
     try:
-        encoded = json.dumps(value)
-    except (TypeError, ValueError):
+        encoded = json.dumps(value, allow_nan=False)
+    except ValueError:  # an integer past Python's conversion limit
         raise InvalidInput("metadata", "must be JSON") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return dict(value)
+    return json.loads(encoded)  # type: ignore[no-any-return]
+
+
+def _check_json(value: object, depth: int) -> None:
+    """Depth first, so a hostile nesting is refused before it is walked deep."""
+    if isinstance(value, Mapping | list):
+        if depth > MAX_METADATA_DEPTH:
+            raise InvalidInput("metadata", f"must nest at most {MAX_METADATA_DEPTH} levels")
+        if isinstance(value, Mapping):
+            for key in value:
+                if not isinstance(key, str):
+                    raise InvalidInput("metadata", "must be an object with string keys")
+                _check_json(key, depth)
+        for item in value.values() if isinstance(value, Mapping) else value:
+            _check_json(item, depth + 1)
+    elif isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            raise InvalidInput("metadata", "must not contain NUL characters or lone surrogates")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInput("metadata", "must not contain NaN or infinity")
+    elif value is not None and not isinstance(value, bool | int):
+        raise InvalidInput("metadata", "must be JSON")
 
 
 def check_limit(value: object, max_value: int = MAX_PAGE) -> int:
@@ -142,9 +188,20 @@ def _rate_limit(value: object) -> RateLimit | None:
     if value is None:
         return None
     try:
-        return parse_rate_limit(value)
+        rate = parse_rate_limit(value)
     except ValueError as e:
         raise InvalidInput("rate_limit", str(e)) from None
+    if rate.limit > MAX_RATE or rate.window_s > MAX_WINDOW_S:
+        raise InvalidInput("rate_limit", f"must be at most {MAX_RATE} requests in a window of "
+                                         f"at most {MAX_WINDOW_S}s")
+    return rate
+
+
+def _filter(field: str, value: str | None) -> str | None:
+    """A filter value no store can hold matches nothing: say so instead of failing in SQL."""
+    if value is not None and _BAD_CHARS.search(value):
+        raise InvalidInput(field, "must not contain control characters or lone surrogates")
+    return value
 
 
 def _status(value: object) -> Any:
@@ -193,7 +250,7 @@ class TokenAuthority:
             raise InvalidInput("expires_in", "give expires_in or expires_at, not both")
         if expires_in is not None:
             return now + timedelta(seconds=_seconds("expires_in", expires_in, minimum=1,
-                                                    maximum=100 * 365 * 86400))
+                                                    maximum=MAX_LIFETIME_S))
         if expires_at is not None and expires_at <= now:
             raise InvalidInput("expires_at", "must be in the future")
         return expires_at
@@ -201,7 +258,8 @@ class TokenAuthority:
     async def create(self, actor: Actor, *, subject: str, name: str, scopes: object = (),
                      role: str | None = None, expires_in: object = None,
                      expires_at: datetime | None = None, rate_limit: object = None,
-                     metadata: object = None) -> tuple[TokenRecord, str]:
+                     metadata: object = None, allow: Allow | None = None
+                     ) -> tuple[TokenRecord, str]:
         now = self.clock()
         secret = tokens.generate(self.settings.token_prefix)
         record = TokenRecord(
@@ -210,13 +268,17 @@ class TokenAuthority:
             family=new_id("fam"), token_hash=self.hash(secret.plaintext), hint=secret.hint,
             created_at=now, rate_limit=_rate_limit(rate_limit),
             metadata=check_metadata(metadata), expires_at=self.expiry(now, expires_in, expires_at))
+        if allow is not None:
+            allow(None, record)
         event = self._event("token_created", actor, record, now, name=record.name,
                             scopes=list(record.scopes))
         await self.store.insert_token(record, event)
         return record, secret.plaintext
 
     async def get(self, token_id: str) -> TokenRecord:
-        record = await self.store.get_token(token_id)
+        # An id no store could hold (a NUL, a lone surrogate from a non-UTF-8 argv) is unknown.
+        unstorable = not isinstance(token_id, str) or _BAD_CHARS.search(token_id)
+        record = None if unstorable else await self.store.get_token(token_id)
         if record is None:
             raise NotFound(f"token {token_id} not found")
         return record
@@ -224,7 +286,7 @@ class TokenAuthority:
     async def list(self, *, subject: str | None = None, status: str | None = None,
                    family: str | None = None, limit: int = 50, cursor: str | None = None,
                    max_limit: int = MAX_PAGE) -> tuple[list[TokenRecord], str | None]:
-        flt = TokenFilter(subject, _status(status), family)
+        flt = TokenFilter(_filter("subject", subject), _status(status), _filter("family", family))
         limit = check_limit(limit, max_limit)
         page = await self.store.list_tokens(flt, self.clock(), limit + 1, decode_cursor(cursor))
         more = len(page) > limit
@@ -233,7 +295,8 @@ class TokenAuthority:
 
     # --- change -----------------------------------------------------------------------------
 
-    async def update(self, actor: Actor, token_id: str, **changes: Any) -> TokenRecord:
+    async def update(self, actor: Actor, token_id: str, allow: Allow | None = None,
+                     **changes: Any) -> TokenRecord:
         clean: dict[str, Any] = {}
         for key, value in changes.items():
             if key == "name":
@@ -251,6 +314,8 @@ class TokenAuthority:
         details = {k: (str(v) if isinstance(v, RateLimit | datetime) else v)
                    for k, v in clean.items() if k != "metadata"}
         record = await self.get(token_id)
+        if allow is not None:
+            allow(record, replace(record, **clean))
         event = self._event("token_updated", actor, record, changes=sorted(clean), **details)
         updated = await self.store.update_token(token_id, clean, event)
         if updated is None:
@@ -282,10 +347,12 @@ class TokenAuthority:
         return await self._revoke_many(actor, TokenFilter(subject=subject), reason,
                                        "subject_tokens_revoked", subject=subject)
 
-    async def revoke_family(self, actor: Actor, family: str, reason: str | None = None) -> int:
+    async def revoke_family(self, actor: Actor, family: str, reason: str | None = None,
+                            subject: str | None = None) -> int:
+        """``subject``: only that subject's members (a self-service caller's family revoke)."""
         check_text("family", family)
-        return await self._revoke_many(actor, TokenFilter(family=family), reason,
-                                       "family_revoked", family=family)
+        return await self._revoke_many(actor, TokenFilter(subject=subject, family=family),
+                                       reason, "family_revoked", family=family)
 
     async def revoke_all(self, actor: Actor, reason: str) -> int:
         return await self._revoke_many(actor, TokenFilter(), reason, "all_tokens_revoked")
@@ -299,23 +366,27 @@ class TokenAuthority:
         await self._changed([Revoked(deleted.id, deleted.token_hash)])
         return deleted
 
-    async def rotate(self, actor: Actor, token_id: str,
-                     grace: object = DEFAULT_GRACE_S) -> tuple[TokenRecord, str, TokenRecord]:
+    async def rotate(self, actor: Actor, token_id: str, grace: object = DEFAULT_GRACE_S,
+                     allow: Allow | None = None, not_after: datetime | None = None
+                     ) -> tuple[TokenRecord, str, TokenRecord]:
         """New secret in the same family; the old one works until the grace ends.
 
-        The successor keeps the old token's lifetime length (expires_at - created_at).
+        The successor keeps the old token's lifetime length (expires_at - created_at), but
+        never expires after ``MAX_TIME`` nor after ``not_after`` (a self-service caller's own
+        end: rotation replaces a secret, it does not extend what the caller may grant).
         Returns (successor, its plaintext, the old record).
         """
         grace_s = _seconds("grace", grace, maximum=MAX_GRACE_S)
         now = self.clock()
         old = await self.get(token_id)
         secret = tokens.generate(self.settings.token_prefix)
-        lifetime = old.expires_at - old.created_at if old.expires_at else None
         successor = TokenRecord(
             id=new_id("tok"), subject=old.subject, name=old.name, scopes=old.scopes,
             family=old.family, token_hash=self.hash(secret.plaintext), hint=secret.hint,
             created_at=now, rate_limit=old.rate_limit, metadata=old.metadata,
-            expires_at=now + lifetime if lifetime else None, rotated_from=old.id)
+            expires_at=_successor_expiry(old, now, not_after), rotated_from=old.id)
+        if allow is not None:
+            allow(old, successor)
         event = self._event("token_rotated", actor, old, now, successor=successor.id,
                             grace_s=grace_s)
         rotated = await self.store.rotate_token(old.id, successor, now + timedelta(
@@ -344,13 +415,16 @@ class TokenAuthority:
         if not record.is_replay(now):
             return False
         event = self._event("token_replay_detected", actor, record, now, family=record.family)
-        done = await self.store.revoke_many(TokenFilter(family=record.family),
-                                            "replay detected", event)
-        await self._changed(done)
+        # Idempotent: only the first presentation (on any replica) writes; the others find the
+        # replay handled (None) and write nothing. Dropping the rotated-out tokens from every
+        # cache means later presentations are plain revoked tokens, judged without the store.
+        done = await self.store.revoke_replayed(record.family, REPLAYED, event)
+        if done is not None:
+            await self._changed(done)
         return True
 
     async def cleanup(self, actor: Actor, older_than: object = 30 * 86400) -> int:
-        seconds = _seconds("older_than", older_than)
+        seconds = _seconds("older_than", older_than, maximum=MAX_LIFETIME_S)
         now = self.clock()
         event = self._event("tokens_cleaned_up", actor, now=now, older_than_s=seconds)
         return await self.store.cleanup(now - timedelta(seconds=seconds), event)
@@ -376,11 +450,21 @@ class TokenAuthority:
                      cursor: str | None = None,
                      max_limit: int = MAX_PAGE) -> tuple[Sequence[Event], str | None]:
         limit = check_limit(limit, max_limit)
-        page = await self.store.list_events(EventFilter(token_id, subject, type, since),
-                                            limit + 1, decode_cursor(cursor))
+        flt = EventFilter(_filter("token_id", token_id), _filter("subject", subject),
+                          _filter("type", type), since)
+        page = await self.store.list_events(flt, limit + 1, decode_cursor(cursor))
         more = len(page) > limit
         page = page[:limit]
         return page, encode_cursor(page[-1].id or 0) if more else None
+
+
+def _successor_expiry(old: TokenRecord, now: datetime,
+                      not_after: datetime | None) -> datetime | None:
+    if old.expires_at is None:
+        return not_after
+    lifetime = old.expires_at - old.created_at
+    expires = MAX_TIME if lifetime >= MAX_TIME - now else now + lifetime
+    return expires if not_after is None else min(expires, not_after)
 
 
 def stats_dict(s: Stats) -> dict[str, Any]:

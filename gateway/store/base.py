@@ -56,6 +56,7 @@ class TokenRecord:
 
 
 ROTATED = "rotated"
+REPLAYED = "replay detected"  # a rotated-out token's reason once its replay was handled
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class TokenStore(Protocol):
     async def revoke_token(self, token_id: str, reason: str,
                            event: Event) -> tuple[TokenRecord | None, bool]: ...
     async def revoke_many(self, flt: TokenFilter, reason: str, event: Event) -> list[Revoked]: ...
+    async def revoke_replayed(self, family: str, reason: str,
+                              event: Event) -> list[Revoked] | None: ...
     async def delete_token(self, token_id: str, event: Event) -> TokenRecord | None: ...
     async def rotate_token(self, old_id: str, successor: TokenRecord, grace_until: datetime,
                            event: Event) -> TokenRecord | None: ...

@@ -13,9 +13,20 @@ SELECT * FROM tokens WHERE id = $1
 SELECT * FROM tokens WHERE token_hash = $1
 
 -- name: revoke_token
--- A token in a rotation grace has revoked_at in the future: revoking it now still counts.
+-- A token in a rotation grace has revoked_at in the future: revoking it now still counts. A
+-- token revoked for any other reason is never revoked again, however the clocks of two
+-- concurrent revokes compare (PostgreSQL re-checks this WHERE after a concurrent commit).
 UPDATE tokens SET revoked_at = $2, revoked_reason = $3
-WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $2)
+WHERE id = $1 AND (revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > $2))
+
+-- name: claim_replay
+-- Rotated-out members of a family presented after their grace: marking them is the claim. Of
+-- concurrent replays (one process or many), exactly one transaction gets rows back; the others
+-- find nothing left to mark and write nothing.
+UPDATE tokens SET revoked_reason = $3
+WHERE family = $1 AND revoked_reason = 'rotated' AND grace_until IS NOT NULL
+  AND grace_until <= $2
+RETURNING id, token_hash
 
 -- name: rotate_out
 -- Only an active, not yet rotated token can be rotated: of two concurrent rotations of one

@@ -68,6 +68,10 @@ _STATUS_SQL = {
     "expired": "((revoked_at IS NULL OR revoked_at > {now}) AND expires_at IS NOT NULL "
                "AND expires_at <= {now})",
 }
+# What a bulk revoke may change: active, where "in a rotation grace" must say 'rotated', so a
+# concurrent revoke whose clock read came earlier never revokes (and counts) a token twice.
+_REVOCABLE = ("(revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > {now})) "
+              "AND (expires_at IS NULL OR expires_at > {now})")
 _UPDATABLE = ("name", "scopes", "rate_limit", "metadata", "expires_at")
 
 
@@ -240,15 +244,33 @@ class SqlStore:
 
     async def revoke_many(self, flt: TokenFilter, reason: str, event: Event) -> list[Revoked]:
         """Revoke every active token the filter matches; one audit event with the count."""
-        p = _Params()
-        sets = f"revoked_at = {p(event.at)}, revoked_reason = {p(reason)}"
-        conds = self._token_conds(TokenFilter(flt.subject, "active", flt.family), event.at, p)
-        sql = f"UPDATE tokens SET {sets}{_where(conds)} RETURNING id, token_hash"
         async with self.driver.transaction() as tx:
-            rows = await tx.fetch(sql, *p.values)
-            done = [Revoked(r["id"], r["token_hash"]) for r in rows]
+            done = await self._revoke_many(tx, flt, reason, event.at)
             await tx.execute(Q("insert_event"), *_event_row(event.with_details(revoked=len(done))))
             return done
+
+    async def _revoke_many(self, tx: Conn, flt: TokenFilter, reason: str,
+                           at: datetime) -> list[Revoked]:
+        p = _Params()
+        sets = f"revoked_at = {p(at)}, revoked_reason = {p(reason)}"
+        conds = self._token_conds(TokenFilter(flt.subject, None, flt.family), at, p)
+        conds.append(_REVOCABLE.replace("{now}", p(at)))
+        sql = f"UPDATE tokens SET {sets}{_where(conds)} RETURNING id, token_hash"
+        return [Revoked(r["id"], r["token_hash"]) for r in await tx.fetch(sql, *p.values)]
+
+    async def revoke_replayed(self, family: str, reason: str,
+                              event: Event) -> list[Revoked] | None:
+        """A replay: mark the family's rotated-out members whose grace ended, revoke the rest
+        of the family and record ``event``, in one transaction. None when another call already
+        did (nothing is written then), so a replay is recorded once however often it is
+        presented, on one replica or many."""
+        async with self.driver.transaction() as tx:
+            claimed = await tx.fetch(Q("claim_replay"), family, event.at, reason)
+            if not claimed:
+                return None
+            done = await self._revoke_many(tx, TokenFilter(family=family), reason, event.at)
+            await tx.execute(Q("insert_event"), *_event_row(event.with_details(revoked=len(done))))
+            return [Revoked(r["id"], r["token_hash"]) for r in claimed] + done
 
     async def delete_token(self, token_id: str, event: Event) -> TokenRecord | None:
         async with self.driver.transaction() as tx:
