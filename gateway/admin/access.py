@@ -3,21 +3,42 @@
     bootstrap secret (admin_token)   everything          actor admin:bootstrap
     token with authgate:admin        everything          actor admin:<token id>
     token with authgate:self         its own subject     actor self:<token id>
-                                     only; grants at most its own scopes, never authgate:*
+                                     only, within its own bounds (below)
 
 A presented token goes through ``Pipeline.verify``: the same parse, lookup, revocation, expiry and
-replay checks as the proxy, and refused credentials count against the caller's address.
+replay checks as the proxy, and refused credentials count against the caller's address. The
+client address is ``Pipeline.client_address`` (trusted proxies), and an address over
+``failed_auth_limit`` is refused by ``Pipeline.brake`` before anything, the bootstrap secret
+included, is compared.
+
+Self-service bounds (SPEC §7), all judged here by ``bounded``: a self caller may create, change
+(PATCH) or rotate only a token that is no wider, no longer-lived and no faster than itself, and
+the token it would leave behind must be within the same bounds:
+
+    wider        a scope the caller's own scopes do not cover (authgate:* only by name); a
+                 self caller never grants an authgate:* scope it did not find on the token
+    longer-lived ends later: expires_at, or the end of a rotation grace; no expiry = never ends
+    faster       a higher effective rate limit (the token's own, else default_rate_limit) in
+                 requests per second; no limit at all = infinitely fast
+
+Revoking and deleting a token of its own subject (one, a family, or all of them) is always
+allowed, however wide the token: SPEC forbids a self caller to "rotate, change or re-limit" a
+wider token, and taking a token away grants nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
 
 from starlette.requests import Request
 
 from gateway import tokens
-from gateway.authority import Actor
+from gateway.authority import Actor, Allow, rfc3339
+from gateway.config import RateLimit
 from gateway.errors import NotFound
 from gateway.pipeline import Pipeline, Refusal, extract_credential
 from gateway.store import TokenRecord
@@ -32,6 +53,9 @@ class Caller:
     admin: bool
     subject: str | None = None  # a self caller's subject
     scopes: tuple[str, ...] = ()
+    ends_at: datetime | None = None  # a self caller's end (expiry or grace end); None: never
+    rate: RateLimit | None = None  # a self caller's effective rate limit; None: unlimited
+    default_rate: RateLimit | None = None  # default_rate_limit, for tokens without their own
 
 
 class Forbidden(Exception):
@@ -45,7 +69,9 @@ class Forbidden(Exception):
 
 async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | None) -> Caller:
     """The caller behind ``Authorization: Bearer``; raises Refusal (401/429/503) or Forbidden."""
-    ip = request.client.host if request.client else None
+    peer = request.client.host if request.client else None
+    ip = pipeline.client_address(peer, request.scope["headers"])
+    pipeline.brake(ip)  # a blocked address learns nothing, not even a right bootstrap guess
     raw = extract_credential(request.scope["headers"], None)
     user_agent = request.headers.get("user-agent", "")[:200] or None
     if admin_token is not None and tokens.secrets_equal(raw, admin_token):
@@ -55,8 +81,10 @@ async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | 
     if ADMIN_SCOPE in record.scopes:
         return Caller(Actor(f"admin:{record.id}", ip, user_agent), admin=True)
     if SELF_SCOPE in record.scopes:
+        default = pipeline.settings.default_rate_limit
         return Caller(Actor(f"self:{record.id}", ip, user_agent), admin=False,
-                      subject=record.subject, scopes=record.scopes)
+                      subject=record.subject, scopes=record.scopes, ends_at=_end(record),
+                      rate=record.rate_limit or default, default_rate=default)
     raise Forbidden(f"the token needs scope {ADMIN_SCOPE} or {SELF_SCOPE}")
 
 
@@ -88,7 +116,58 @@ def check_grant(caller: Caller, scopes: Iterable[str]) -> None:
     for scope in scopes:
         if scope.startswith(tokens.RESERVED_SCOPE_PREFIX) or tokens.has_scopes(
                 caller.scopes, [scope]) is not None:
-            raise Forbidden(f"a token with {SELF_SCOPE} may not grant scope {scope}", scope)
+            raise Forbidden(f"scopes: a token with {SELF_SCOPE} may not grant scope {scope}",
+                            scope)
+
+
+def bounded(caller: Caller, expiry_field: str = "expires_at") -> Allow | None:
+    """The self-service veto the authority runs before a create, PATCH or rotation writes:
+    the token as it was (None for a create) and as it would be stored must both be within the
+    caller's bounds. ``expiry_field`` is the body field a refused lifetime is named by."""
+    if caller.admin:
+        return None
+
+    def allow(before: TokenRecord | None, after: TokenRecord) -> None:
+        if before is not None:
+            _within(caller, before, "the token", expiry_field)
+        check_grant(caller, [s for s in after.scopes if before is None or s not in before.scopes])
+        _within(caller, after, "the result", expiry_field)
+
+    return allow
+
+
+def _within(caller: Caller, record: TokenRecord, what: str, expiry_field: str) -> None:
+    who = f"a token with {SELF_SCOPE} may not manage a token"
+    missing = tokens.has_scopes(caller.scopes, record.scopes)
+    if missing is not None:
+        raise Forbidden(f"scopes: {who} wider than itself ({what} has {missing})")
+    end = _end(record)
+    if caller.ends_at is not None and (end is None or end > caller.ends_at):
+        raise Forbidden(f"{expiry_field}: {who} that outlives it ({what} "
+                        f"{'never expires' if end is None else 'ends ' + str(rfc3339(end))}, "
+                        f"the caller {rfc3339(caller.ends_at)})")
+    rate = record.rate_limit or caller.default_rate
+    if _per_second(rate) > _per_second(caller.rate):
+        raise Forbidden(f"rate_limit: {who} faster than itself ({what} "
+                        f"{rate or 'is unlimited'}, the caller {caller.rate})")
+
+
+def _end(record: TokenRecord) -> datetime | None:
+    """When a token stops working: its expiry, or the end of its rotation grace if sooner."""
+    ends = [t for t in (record.expires_at, record.grace_until) if t is not None]
+    return min(ends) if ends else None
+
+
+def _per_second(rate: RateLimit | None) -> Fraction | float:
+    return float("inf") if rate is None else Fraction(rate.limit, rate.window_s)
+
+
+def visible_event(caller: Caller, event: dict[str, Any]) -> dict[str, Any]:
+    """A self caller sees its subject's events, but not other actors' addresses and user
+    agents (another client of the subject, an admin, the gateway's refusals)."""
+    if caller.admin or event["actor"] == caller.actor.name:
+        return event
+    return {**event, "ip": None, "user_agent": None}
 
 
 def refusal_from_forbidden(e: Forbidden) -> Refusal:

@@ -21,13 +21,22 @@ from gateway.admin import models as m
 from gateway.admin.access import (
     Caller,
     authenticate,
+    bounded,
     check_grant,
     check_own,
     require_admin,
     subject_filter,
+    visible_event,
 )
 from gateway.admin.export import EVENT_COLUMNS, TOKEN_COLUMNS, csv_response, wants_csv
-from gateway.authority import TokenAuthority, public_event, public_record, rfc3339, stats_dict
+from gateway.authority import (
+    Allow,
+    TokenAuthority,
+    public_event,
+    public_record,
+    rfc3339,
+    stats_dict,
+)
 from gateway.errors import InvalidInput, NotFound
 from gateway.pipeline import Refusal
 from gateway.store import TokenRecord
@@ -118,6 +127,18 @@ def _rate(value: Any) -> Any:
     return value.model_dump() if isinstance(value, m.RateLimitIn) else value
 
 
+def _presentable(auth: TokenAuthority, allow: Allow | None) -> Allow:
+    """Before a create writes: the caller's bounds, then the response built from the record
+    as it will be stored, so a token is never committed whose secret cannot be answered."""
+
+    def check(before: TokenRecord | None, after: TokenRecord) -> None:
+        if allow is not None:
+            allow(before, after)
+        m.TokenOut.model_validate(public_record(after, auth.clock()))
+
+    return check
+
+
 # --- tokens -------------------------------------------------------------------------------
 
 
@@ -127,10 +148,12 @@ async def create_token(body: m.TokenCreate, who: CallerDep, auth: AuthDep) -> di
     subject_filter(who, body.subject)
     scopes = auth.scopes_for(body.scopes, body.role)
     check_grant(who, scopes)
+    allow = bounded(who, "expires_in" if body.expires_in is not None else "expires_at")
     record, secret = await auth.create(
         who.actor, subject=body.subject, name=body.name, scopes=scopes,
         expires_in=body.expires_in, expires_at=body.expires_at,
-        rate_limit=_rate(body.rate_limit), metadata=body.metadata)
+        rate_limit=_rate(body.rate_limit), metadata=body.metadata,
+        allow=_presentable(auth, allow))
     return _out(auth, record, secret)
 
 
@@ -168,17 +191,16 @@ async def update_token(token_id: str, body: m.TokenUpdate, who: CallerDep,
     never)."""
     await _own(auth, who, token_id)
     changes = {k: getattr(body, k) for k in body.model_fields_set}
-    if "scopes" in changes:
-        check_grant(who, changes["scopes"])
     if "rate_limit" in changes:
         changes["rate_limit"] = _rate(changes["rate_limit"])
-    return _out(auth, await auth.update(who.actor, token_id, **changes))
+    return _out(auth, await auth.update(who.actor, token_id, allow=bounded(who), **changes))
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=m.TokenOut, tags=["tokens"])
 async def revoke_token(token_id: str, who: CallerDep, auth: AuthDep,
                        body: m.RevokeBody | None = None) -> dict[str, Any]:
-    """Revoke one token (idempotent: an already revoked token is returned unchanged)."""
+    """Revoke one token (idempotent: an already revoked token is returned unchanged). A self
+    caller may revoke any token of its own subject, however wide."""
     await _own(auth, who, token_id)
     return _out(auth, await auth.revoke(who.actor, token_id, body.reason if body else None))
 
@@ -196,7 +218,8 @@ async def rotate_token(token_id: str, who: CallerDep, auth: AuthDep,
                        body: m.RotateBody | None = None) -> dict[str, Any]:
     """A new secret in the same family; the old one works for `grace_s` (default 1 h)."""
     await _own(auth, who, token_id)
-    record, secret, _ = await auth.rotate(who.actor, token_id, (body or m.RotateBody()).grace_s)
+    record, secret, _ = await auth.rotate(who.actor, token_id, (body or m.RotateBody()).grace_s,
+                                          allow=bounded(who), not_after=who.ends_at)
     return _out(auth, record, secret)
 
 
@@ -230,7 +253,9 @@ async def revoke_family(family: str, who: CallerDep, auth: AuthDep,
         members, _ = await auth.list(family=family, limit=1)
         if members and members[0].subject != who.subject:
             raise NotFound(f"family {family} not found")
-    return {"revoked": await auth.revoke_family(who.actor, family, body.reason if body else None)}
+    # The store revokes the caller's subject's members only, whatever changed in between.
+    return {"revoked": await auth.revoke_family(who.actor, family, body.reason if body else None,
+                                                subject=None if who.admin else who.subject)}
 
 
 @router.post("/revoke-all", response_model=m.Revoked, tags=["revocation"])
@@ -273,10 +298,10 @@ async def events(request: Request, who: CallerDep, auth: AuthDep,
     if wants_csv(request, format):
         async def pages(after: str | None) -> tuple[list[dict[str, Any]], str | None]:
             page, nxt = await auth.events(**filters, limit=500, cursor=after)
-            return [public_event(e) for e in page], nxt
+            return [visible_event(who, public_event(e)) for e in page], nxt
         return await _export(pages, EVENT_COLUMNS, "events.csv")
     page, nxt = await auth.events(**filters, limit=limit, cursor=cursor)
-    return {"items": [public_event(e) for e in page], "next_cursor": nxt}
+    return {"items": [visible_event(who, public_event(e)) for e in page], "next_cursor": nxt}
 
 
 Pages = Callable[[str | None], Awaitable[tuple[list[dict[str, Any]], str | None]]]

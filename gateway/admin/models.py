@@ -10,11 +10,26 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+)
 
-from gateway.authority import MAX_GRACE_S, MAX_METADATA_BYTES, MAX_PAGE, MAX_TEXT
-
-MAX_LIFETIME_S = 100 * 365 * 86400
+from gateway.authority import (
+    MAX_GRACE_S,
+    MAX_LIFETIME_S,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_PAGE,
+    MAX_RATE,
+    MAX_TEXT,
+    MAX_WINDOW_S,
+)
 
 
 def _utc(value: datetime) -> datetime:
@@ -25,6 +40,20 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("is out of range") from None
 
 
+def _not_a_number(value: object) -> object:
+    """A time is RFC 3339 text: a bare number (which pydantic reads as a Unix timestamp) is
+    a type error, as it is for ``since``."""
+    if isinstance(value, int | float):
+        raise ValueError("must be an RFC 3339 time with an offset, not a number")
+    return value
+
+
+def _true(value: bool) -> bool:
+    if value is not True:
+        raise ValueError("must be true")
+    return value
+
+
 def _since(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
@@ -33,7 +62,7 @@ def _since(value: str) -> datetime:
     return _utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_utc)]
 # A whole UTC day (2026-01-01, as the CLI's --since) or an RFC 3339 time with its offset; not a
 # bare number, which pydantic would otherwise read as a Unix timestamp.
 Since = Annotated[str, Field(pattern=(
@@ -41,16 +70,19 @@ Since = Annotated[str, Field(pattern=(
     AfterValidator(_since)]
 # Integers in bodies are strict: true/false or "5" are type errors, not 1/0/5.
 Int = Annotated[int, Field(strict=True)]
-# Non-empty, no control characters (the authority also refuses whitespace-only text).
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Non-empty, no control characters (C0, DEL, C1) or line separators (the authority also
+# refuses whitespace-only text and lone surrogates).
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT, pattern=_PRINTABLE)]
+Reason = Annotated[str, Field(min_length=1, max_length=500, pattern=_PRINTABLE)]
 Scope = Annotated[str, Field(max_length=128, pattern=(
     r"^(\*|[A-Za-z0-9._/-]+(:[A-Za-z0-9._/-]+)*(:\*)?)$"))]
-RateText = Annotated[str, Field(pattern=r"^\d{1,12}/(second|minute|hour|day)$",
-                                examples=["100/minute"])]
+RateText = Annotated[str, Field(pattern=r"^\d{1,10}/(second|minute|hour|day)$",
+                                examples=["100/minute"], description=f"N <= {MAX_RATE}")]
 DurationText = Annotated[str, Field(pattern=r"^\d{1,9}[smhd]$", examples=["30d"])]
 Metadata = Annotated[dict[str, Any], Field(
-    description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes.")]
+    description=f"A JSON object of at most {MAX_METADATA_BYTES} bytes and "
+                f"{MAX_METADATA_DEPTH} levels of nesting.")]
 
 
 class _Body(BaseModel):
@@ -58,8 +90,8 @@ class _Body(BaseModel):
 
 
 class RateLimitIn(_Body):
-    limit: Int = Field(ge=1, le=10**9)
-    window_s: Int = Field(ge=1, le=366 * 86400)
+    limit: Int = Field(ge=1, le=MAX_RATE)
+    window_s: Int = Field(ge=1, le=MAX_WINDOW_S)
 
 
 class TokenCreate(_Body):
@@ -93,7 +125,10 @@ class RotateBody(_Body):
 
 
 class RevokeAllBody(_Body):
-    confirm: Literal[True] = Field(description="Must be true: every active token is revoked.")
+    # JSON true only: a lax Literal[True] took 1 and 1.0 for true (and revoked every token).
+    confirm: Annotated[StrictBool, AfterValidator(_true)] = Field(
+        description="Must be JSON true: every active token is revoked.",
+        json_schema_extra={"const": True})
     reason: Reason
 
 
