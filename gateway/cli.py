@@ -100,6 +100,13 @@ def exit_codes() -> Iterator[None]:
     except AuthgateError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
+    except click.ClickException:
+        raise
+    except Exception as e:  # never a traceback (SPEC §5): one line naming what went wrong
+        detail = " ".join(str(e).split())[:200]
+        click.echo(f"Error: unexpected {type(e).__name__}{': ' + detail if detail else ''}",
+                   err=True)
+        sys.exit(1)
 
 
 def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
