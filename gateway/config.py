@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.addresses import parse_network
 from gateway.errors import ConfigError
 from gateway.tokens import normalise_scopes, validate_prefix
 
@@ -231,6 +232,24 @@ class Settings(_Strict):
     def _api_key_header(cls, v: str | None) -> str | None:
         if v is not None and not _HEADER_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid header name")
+        return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies_list(cls, v: object) -> object:
+        if isinstance(v, str | bytes):  # a tuple of its characters would be a baffling error
+            raise ValueError("must be a list of addresses or CIDRs, e.g. [10.0.0.0/8]")
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, entry in enumerate(v):
+            try:
+                parse_network(entry)
+            except ValueError:
+                raise ValueError(f"entry {i} ({entry!r}) is not an IP address or CIDR such as "
+                                 "10.0.0.0/8 (host bits must be zero)") from None
         return v
 
     @field_validator("roles", mode="before")

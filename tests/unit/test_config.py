@@ -70,6 +70,20 @@ def test_structured_keys_as_json_in_environment():
     assert s.default_rate_limit is None
 
 
+def test_trusted_proxies_from_file_and_environment(tmp_path):
+    assert load_settings(env={}).trusted_proxies == ()
+    s = load_settings(env={"AUTHGATE_TRUSTED_PROXIES": '["10.0.0.0/8", "::1", "192.0.2.7"]'})
+    assert s.trusted_proxies == ("10.0.0.0/8", "::1", "192.0.2.7")
+    f = tmp_path / "c.yaml"
+    f.write_text("trusted_proxies: [172.16.0.0/12, 'fd00::/8']\n")
+    assert load_settings(str(f), env={}).trusted_proxies == ("172.16.0.0/12", "fd00::/8")
+
+
+def test_a_bad_trusted_proxy_names_its_entry():
+    [problem] = _problems(env={"AUTHGATE_TRUSTED_PROXIES": '["10.0.0.0/8", "10.0.0.300"]'})
+    assert problem.startswith("trusted_proxies: entry 1 ('10.0.0.300')"), problem
+
+
 def test_unrelated_authgate_variables_are_ignored():
     # Kubernetes injects these for a Service named "authgate".
     load_settings(env={"AUTHGATE_PORT": "tcp://10.0.0.1:80", "AUTHGATE_SERVICE_HOST": "x"})
@@ -107,6 +121,11 @@ def test_every_problem_is_reported_each_naming_its_key(tmp_path):
     ({"AUTHGATE_ROLES": '{"r": ["bad scope"]}'}, "roles"),
     ({"AUTHGATE_UPSTREAM": "ftp://x"}, "upstream"),
     ({"AUTHGATE_IDENTITY_HEADERS": '{"subject": "bad header"}'}, "identity_headers.subject"),
+    ({"AUTHGATE_TRUSTED_PROXIES": '["10.0.0.0/8", "10.0.0.300"]'}, "trusted_proxies"),
+    ({"AUTHGATE_TRUSTED_PROXIES": '["10.0.0.1/8"]'}, "trusted_proxies"),
+    ({"AUTHGATE_TRUSTED_PROXIES": '["lb.internal"]'}, "trusted_proxies"),
+    ({"AUTHGATE_TRUSTED_PROXIES": '"10.0.0.0/8"'}, "trusted_proxies"),
+    ({"AUTHGATE_TRUSTED_PROXIES": "10.0.0.0/8"}, "trusted_proxies"),
 ])
 def test_bad_values_name_their_key(env, key):
     problems = _problems(env=env)
