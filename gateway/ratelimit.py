@@ -29,6 +29,7 @@ class LimitResult:
     remaining: int
     reset_s: int  # seconds until the quota is whole again
     retry_after_s: int  # 0 when admitted
+    index: int = 0  # position in the limits passed of the policy above (which one refused)
 
 
 class RateLimiter(Protocol):
@@ -36,55 +37,91 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
-def _result(admitted: bool, limit: RateLimit, remaining: float, reset_ms: float,
+def _result(admitted: bool, limits: Limits, index: int, remaining: float, reset_ms: float,
             retry_ms: float) -> LimitResult:
-    return LimitResult(admitted, limit, max(0, int(remaining)), math.ceil(reset_ms / 1000),
-                       math.ceil(retry_ms / 1000))
+    return LimitResult(admitted, limits[index][1], max(0, int(remaining)),
+                       math.ceil(reset_ms / 1000), math.ceil(retry_ms / 1000), index)
 
 
 class MemoryLimiter:
-    """In-process GCRA: exact for one replica. State is one float per key, pruned when idle."""
+    """In-process GCRA: exact for one replica.
+
+    State per key: ``[TAT, burst tolerance]`` in ms (tolerance = window - window/quota). A key
+    whose TAT has passed behaves exactly like a key never seen, so it may go: each new key
+    sweeps ``SWEEP_STEP`` entries of a snapshot of the keys, and a fresh snapshot is taken
+    when the last one is used up. Every key is looked at once per ~len/SWEEP_STEP new keys, so
+    memory stays within about 4/3 of the keys still live, at amortised O(1) per new key and no
+    cost at all for a known key. Past ``max_keys`` the sweep also gives up live keys that are
+    under their limit (their client may get the rest of one burst again); a key that is over
+    its limit is never dropped, so it stays limited.
+    """
+
+    SWEEP_STEP = 4
 
     def __init__(self, max_keys: int = 100_000, clock=time.monotonic) -> None:
-        self._tat: dict[str, float] = {}
+        self._state: dict[str, list[float]] = {}
         self._max_keys = max_keys
         self._clock = clock
+        self._sweep_keys: list[str] = []
+        self._sweep_at = 0
 
-    def _prune(self, now: float) -> None:
-        self._tat = {k: v for k, v in self._tat.items() if v > now}
-        while len(self._tat) >= self._max_keys:  # still full of live keys: drop the oldest
-            self._tat.pop(next(iter(self._tat)))
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def _sweep(self, now: float) -> None:
+        keys, at = self._sweep_keys, self._sweep_at
+        if at >= len(keys):
+            keys = self._sweep_keys = list(self._state)
+            at = 0
+        state, full = self._state, len(self._state) > self._max_keys
+        end = min(at + self.SWEEP_STEP, len(keys))
+        for i in range(at, end):
+            entry = state.get(keys[i])
+            # expired (TAT passed), or, over the cap, not over its limit (next hit admitted)
+            if entry is not None and (entry[0] <= now or (full and entry[0] - entry[1] <= now)):
+                del state[keys[i]]
+        self._sweep_at = end
 
     async def hit(self, limits: Limits) -> LimitResult:
         return self.hit_now(limits)
 
     def hit_now(self, limits: Limits) -> LimitResult:
         now = self._clock() * 1000
-        if len(self._tat) >= self._max_keys:
-            self._prune(now)
+        state = self._state
         new_tats = []
-        worst: tuple[float, int] | None = None
+        worst, worst_wait = -1, 0.0
         for i, (key, limit) in enumerate(limits):
             window = limit.window_s * 1000
-            tat = max(self._tat.get(key, now), now)
+            entry = state.get(key)
+            tat = entry[0] if entry is not None and entry[0] > now else now
             new_tat = tat + window / limit.limit
-            allow_at = new_tat - window
-            if now < allow_at and (worst is None or allow_at - now > worst[0]):
-                worst = (allow_at - now, i)
+            wait = new_tat - window - now  # > 0: this limit refuses for that long
+            if wait > worst_wait:
+                worst, worst_wait = i, wait
             new_tats.append(new_tat)
-        if worst is not None:
-            key, limit = limits[worst[1]]
-            return _result(False, limit, 0, max(self._tat.get(key, now), now) - now, worst[0])
-        best: LimitResult | None = None
-        for (key, limit), new_tat in zip(limits, new_tats, strict=True):
-            self._tat[key] = new_tat
+        if worst >= 0:
+            entry = state.get(limits[worst][0])
+            tat = entry[0] if entry is not None and entry[0] > now else now
+            return _result(False, limits, worst, 0, tat - now, worst_wait)
+        # One result, for the tightest limit (fewest remaining; the first on a tie).
+        tight, tight_remaining, tight_reset, grew = 0, math.inf, 0.0, False
+        for i, (key, limit) in enumerate(limits):
+            new_tat = new_tats[i]
             window = limit.window_s * 1000
-            remaining = (window - (new_tat - now)) / (window / limit.limit)
-            result = _result(True, limit, math.floor(remaining + 1e-9), new_tat - now, 0)
-            if best is None or result.remaining < best.remaining:
-                best = result
-        assert best is not None
-        return best
+            interval = window / limit.limit
+            entry = state.get(key)
+            if entry is None:
+                state[key] = [new_tat, window - interval]
+                grew = True
+            else:  # in place: no allocation for a known key
+                entry[0] = new_tat
+                entry[1] = window - interval
+            remaining = math.floor((window - (new_tat - now)) / interval + 1e-9)
+            if remaining < tight_remaining:
+                tight, tight_remaining, tight_reset = i, remaining, new_tat - now
+        if grew:
+            self._sweep(now)
+        return _result(True, limits, tight, tight_remaining, tight_reset, 0)
 
     async def close(self) -> None:
         pass
@@ -122,7 +159,7 @@ class RedisLimiter:
         if reply is None:  # Redis failed just now
             return self._fallback.hit_now(limits)
         admitted, idx, remaining, reset_ms, retry_ms = (int(x) for x in reply)
-        return _result(bool(admitted), limits[idx - 1][1], remaining, reset_ms, retry_ms)
+        return _result(bool(admitted), limits, idx - 1, remaining, reset_ms, retry_ms)
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
