@@ -39,6 +39,11 @@ class Metrics:
                                "Age of the oldest usage not yet written.", registry=r)
         self.flush_failures = Counter("authgate_usage_flush_failures_total",
                                       "Usage flushes that failed (kept for the next).", registry=r)
+        self.events_folded = Counter(
+            "authgate_events_folded_total",
+            "Refusal and read events whose token and address were dropped (folded into one "
+            "entry per type and reason) because too many distinct ones waited for a flush.",
+            registry=r)
         self.tokens = Gauge("authgate_tokens", "Tokens by status.", ["status"], registry=r)
         self.redis_errors = Counter("authgate_redis_errors_total",
                                     "Redis calls that failed (served without Redis).", registry=r)

@@ -18,6 +18,12 @@ from gateway.store import Event, TokenStore, Usage
 
 log = logging.getLogger("authgate.usage")
 MAX_IPS_PER_FLUSH = 32  # addresses kept per token per batch: bounded memory under churn
+# Distinct (type, token, ip, reason, actor) events kept per batch (also while the store is down).
+# Past it, an event keeps its type, reason and actor and is counted in one "folded" entry per
+# (type, reason, actor) with token, subject and ip null: counts are never lost, detail is.
+MAX_EVENT_KEYS = 10_000
+
+EventKey = tuple[str, str | None, str | None, str, str]  # type, token id, ip, reason, actor
 
 
 class UsageRecorder:
@@ -28,8 +34,8 @@ class UsageRecorder:
         self._metrics = metrics
         self._clock = clock
         self._usage: dict[str, Usage] = {}
-        # (type, token id, ip, reason, actor) -> [count, subject, first seen]
-        self._events: dict[tuple[str, str | None, str | None, str, str], list] = {}
+        self._events: dict[EventKey, list] = {}  # -> [count, subject, first seen]
+        self._folded: dict[tuple[str, str, str], list] = {}  # (type, reason, actor) -> same
         self._oldest: float | None = None
         self._task: asyncio.Task[None] | None = None
         # One flush at a time: a caller's flush (or shutdown's) waits for one in progress, so
@@ -56,23 +62,41 @@ class UsageRecorder:
 
     def event(self, type_: str, reason: str, ip: str | None, token_id: str | None = None,
               subject: str | None = None, actor: str = "gateway") -> None:
-        """Count an auth_failed / rate_limited / admin_read occurrence; one event per key per
-        flush, with the count in its details."""
+        """Count a refusal (auth_failed, access_denied, rate_limited) or an admin read; one
+        event per key per flush, with the count in its details."""
         key = (type_, token_id, ip, reason, actor)
         entry = self._events.get(key)
-        if entry is None:
-            self._events[key] = [1, subject, self._clock()]
-            if self._oldest is None:
-                self._oldest = time.monotonic()
-        else:
+        if entry is not None:
             entry[0] += 1
+        else:
+            self._add(key, 1, subject, None)
+
+    def _add(self, key: EventKey, count: int, subject: str | None, at: datetime | None) -> None:
+        """A key not yet in the batch: kept while there is room, else folded (bounded)."""
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        if len(self._events) < MAX_EVENT_KEYS:
+            self._events[key] = [count, subject, at or self._clock()]
+            return
+        self._fold((key[0], key[3], key[4]), count, at)
+
+    def _fold(self, key: tuple[str, str, str], count: int, at: datetime | None) -> None:
+        self._metrics.events_folded.inc(count)
+        entry = self._folded.get(key)
+        if entry is None:
+            self._folded[key] = [count, None, at or self._clock()]
+        else:
+            entry[0] += count
 
     def _take(self) -> tuple[list[Usage], list[Event]]:
         usage, self._usage = list(self._usage.values()), {}
         events = [Event(type=t, actor=actor, at=at, token_id=tid, subject=subject, ip=ip,
                         details={"count": count, "reason": reason})
                   for (t, tid, ip, reason, actor), (count, subject, at) in self._events.items()]
-        self._events = {}
+        events += [Event(type=t, actor=actor, at=at, details={
+                       "count": count, "reason": reason, "folded": True})
+                   for (t, reason, actor), (count, _, at) in self._folded.items()]
+        self._events, self._folded = {}, {}
         return usage, events
 
     def _put_back(self, usage: list[Usage], events: list[Event]) -> None:
@@ -88,16 +112,30 @@ class UsageRecorder:
                 old = mine.ips.get(ip)
                 mine.ips[ip] = [max(seen, old[0]), old[1] + n] if old else [seen, n]
         for e in events:
-            key = (e.type, e.token_id, e.ip, e.details["reason"], e.actor)
-            entry = self._events.setdefault(key, [0, e.subject, e.at])
-            entry[0] += e.details["count"]
+            reason, count = e.details["reason"], e.details["count"]
+            if e.details.get("folded"):
+                self._put_back_folded((e.type, reason, e.actor), count, e.at)
+                continue
+            key = (e.type, e.token_id, e.ip, reason, e.actor)
+            entry = self._events.get(key)
+            if entry is not None:
+                entry[0] += count
+            else:
+                self._add(key, count, e.subject, e.at)
+
+    def _put_back_folded(self, key: tuple[str, str, str], count: int, at: datetime) -> None:
+        entry = self._folded.get(key)  # already counted in the metric when first folded
+        if entry is None:
+            self._folded[key] = [count, None, at]
+        else:
+            entry[0] += count
 
     async def flush(self) -> int:
         async with self._lock:
             return await self._flush()
 
     async def _flush(self) -> int:
-        if not self._usage and not self._events:
+        if not self._usage and not self._events and not self._folded:
             self._metrics.flush_lag.set(0)
             return 0
         oldest = self._oldest
