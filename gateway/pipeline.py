@@ -2,6 +2,7 @@
 
     1. route       match path and method against the config routes (first match wins)
     2. credential  Authorization: Bearer ... (or the configured API-key header)     401
+       brake       an address over failed_auth_limit: refused before any work     429
     3. parse       prefix + checksum, no I/O: garbage is refused here                 401
     4. lookup      keyed hash -> in-process LRU -> shared cache -> store              401 / 503
     5. check       revoked, expired (judged now, not by cache age), replay            401
@@ -14,16 +15,32 @@ RFC 7662 introspection go through the same code, so a token is judged usable in 
 
 Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (the metric label and
 the audit detail) and a message; ``render_refusal`` is the one place that turns it into headers.
+Each refusal is also one event, counted in memory (SPEC §8): ``auth_failed`` for a 401
+(``details.reason``: missing, malformed, unknown, revoked, expired, replay), ``access_denied`` for
+a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or ``client_ip``).
+
+The brake: refused credentials are charged to the client address in the limiter (I/O, but only
+on a refusal). When the limiter refuses a charge, the address is remembered here as blocked until
+the limiter would admit it again, and refused before parse, lookup or compare, with no I/O. So
+N forged tokens from one address cost at most ``failed_auth_limit`` store lookups per window
+plus one per replica per block (each replica learns of a block on its own first refused charge),
+plus whatever that address had in flight when it crossed the limit.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
+from urllib.parse import quote
 
 from gateway import tokens
+from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import IdentityHeaders, Settings
@@ -37,6 +54,7 @@ from gateway.usage import UsageRecorder
 log = logging.getLogger("authgate.pipeline")
 
 MAX_HEADER_BYTES = 32 * 1024
+MAX_BLOCKED = 10_000  # addresses remembered as blocked; the oldest is forgotten past it
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -47,10 +65,30 @@ class Decision:
     limit: LimitResult | None = None
 
 
+# Printable ASCII except "%": what an identity value may carry as is (SPEC §6).
+_PLAIN = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(value: str) -> str:
+    """An identity value as sent: printable ASCII as is; anything else, and ``%`` itself (so
+    that decoding is unambiguous), percent-encoded as UTF-8: ``Łukasz`` -> ``%C5%81ukasz``."""
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value
+    return quote(value, safe=_PLAIN, errors="surrogatepass")
+
+
 def identity_headers(names: IdentityHeaders, record: TokenRecord) -> list[tuple[str, str]]:
-    """The identity the upstream (proxy) or the calling proxy (forward auth) receives."""
-    return [(names.subject, record.subject), (names.token_id, record.id),
-            (names.token_name, record.name), (names.scopes, " ".join(record.scopes))]
+    """The identity the upstream (proxy) or the calling proxy (forward auth) receives. Token
+    ids and scopes are printable ASCII without ``%`` by construction; subject and name are
+    whatever the token's creator typed."""
+    subject, name = record.subject, record.name
+    # header_value's test inlined: this runs for every admitted request
+    if not (subject.isascii() and subject.isprintable() and "%" not in subject):
+        subject = header_value(subject)
+    if not (name.isascii() and name.isprintable() and "%" not in name):
+        name = header_value(name)
+    return [(names.subject, subject), (names.token_id, record.id), (names.token_name, name),
+            (names.scopes, " ".join(record.scopes))]
 
 
 def extract_credential(headers: Headers, api_key_header: bytes | None) -> str:
@@ -90,18 +128,45 @@ class Pipeline:
         header = settings.api_key_header
         self._api_key_header = header.lower().encode() if header else None
         self._hash = authority.hash
+        trusted = ClientAddresses(settings.trusted_proxies)
+        self._addresses = trusted if trusted else None
+        # client address -> monotonic time its failed-auth block ends (see the module docstring)
+        self._blocked: OrderedDict[str | None, float] = OrderedDict()
 
     # --- shared entry points for every caller (proxy, forward auth, admin API) ---------------
 
     def client_address(self, peer: str | None, headers: Headers) -> str | None:
         """The client address (SPEC §6): the TCP peer, or, when the peer is in
         ``trusted_proxies``, the rightmost X-Forwarded-For entry not itself trusted."""
-        return peer  # TODO(trust issue): trusted_proxies
+        if self._addresses is None:  # the default: nothing to parse
+            return peer
+        return self._addresses.resolve(peer, headers)
 
     def brake(self, ip: str | None) -> None:
         """Refuse (429) a client address that is over ``failed_auth_limit`` before any work
         is done for it (no I/O); a no-op for an address in good standing."""
-        # TODO(trust issue): implement
+        if not self._blocked:  # the hot path: nobody is blocked
+            return
+        until = self._blocked.get(ip)
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if wait <= 0:
+            self._blocked.pop(ip, None)
+            return
+        self._over_failed_limit(ip, math.ceil(wait))
+
+    def _over_failed_limit(self, ip: str | None, retry_after: int) -> NoReturn:
+        self.usage.event("rate_limited", "client_ip", ip)
+        raise Refusal(429, "rate_limited", "too many refused credentials from this address",
+                      retry_after=retry_after)
+
+    def _block(self, ip: str | None, retry_after_s: int) -> None:
+        blocked = self._blocked
+        blocked.pop(ip, None)
+        while len(blocked) >= MAX_BLOCKED:  # forgetting one costs a lookup, then re-learned
+            blocked.popitem(last=False)
+        blocked[ip] = time.monotonic() + max(1, retry_after_s)
 
     async def refused_credential(self, ip: str | None, reason: str) -> None:
         """Charge a refused credential to ``ip`` (e.g. a wrong bootstrap admin secret); raises
@@ -114,9 +179,17 @@ class Pipeline:
         route = self.router.match(path, method)
         if not route.auth_required:
             return await self._public(route, ip)
-        record, now = await self._verify(extract_credential(headers, self._api_key_header), ip)
+        try:
+            raw = extract_credential(headers, self._api_key_header)
+        except Refusal as refusal:
+            if refusal.status == 401:
+                self.usage.event("auth_failed", "missing", ip)
+            raise
+        record, now = await self._verify(raw, ip)
         missing = tokens.has_scopes(record.scopes, route.scopes)
         if missing is not None:
+            self.usage.event("access_denied", "insufficient_scope", ip, record.id,
+                             record.subject)
             raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
                           scope=" ".join(route.scopes))
         limit = await self._limit(record, route, ip)
@@ -134,6 +207,8 @@ class Pipeline:
 
     async def _verify(self, raw: str, ip: str | None,
                       count_failures: bool = True) -> tuple[TokenRecord, datetime]:
+        if count_failures and self._blocked:  # the common case costs one truth test
+            self.brake(ip)
         try:
             parsed = tokens.parse(raw, self.settings.token_prefix)
         except tokens.MalformedToken:
@@ -145,7 +220,7 @@ class Pipeline:
         if record is None:
             await self._failed(ip, "unknown", count_failures)
             raise Refusal(401, "invalid_token", "the token is unknown")
-        self._check_usable(record, now)
+        self._check_usable(record, now, ip)
         if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
             await self._replay(record, ip, count_failures)
         return record, now
@@ -157,6 +232,7 @@ class Pipeline:
             return Decision(route)
         result = await self.limiter.hit([(f"ip:{route.index}:{ip}", route.rate_limit)])
         if not result.admitted:
+            self.usage.event("rate_limited", "route", ip)
             raise Refusal(429, "rate_limited", "too many requests", limit=result,
                           retry_after=result.retry_after_s)
         return Decision(route, limit=result)
@@ -175,11 +251,13 @@ class Pipeline:
         self.metrics.store_lookups.inc()
         return await self.store.get_by_hash(token_hash)
 
-    @staticmethod
-    def _check_usable(record: TokenRecord, now: datetime) -> None:
+    def _check_usable(self, record: TokenRecord, now: datetime, ip: str | None) -> None:
+        # Not charged to the address: a known token's refusal costs no store lookup.
         if record.is_revoked(now) and not record.is_replay(now):
+            self.usage.event("auth_failed", "revoked", ip, record.id, record.subject)
             raise Refusal(401, "invalid_token", "the token has been revoked")
         if record.is_expired(now):
+            self.usage.event("auth_failed", "expired", ip, record.id, record.subject)
             raise Refusal(401, "invalid_token", "the token has expired")
 
     async def _replay(self, record: TokenRecord, ip: str | None, count: bool) -> None:
@@ -189,19 +267,21 @@ class Pipeline:
             log.warning("replay of %s seen but the store is unreachable", record.id)
         # Each replay writes to the store: count it against the client's refused credentials
         # too, so one address cannot turn a stolen old token into a stream of writes.
-        await self._failed(ip, "replay", count)
+        await self._failed(ip, "replay", count, record)
         raise Refusal(401, "invalid_token", "the token has been revoked")
 
-    async def _failed(self, ip: str | None, why: str, count: bool = True) -> None:
-        """Count a refused credential per client IP; over the limit is a 429 (brute force)."""
-        self.usage.event("auth_failed", why, ip)
+    async def _failed(self, ip: str | None, why: str, count: bool = True,
+                      record: TokenRecord | None = None) -> None:
+        """Charge a refused credential to the client address: an ``auth_failed`` event, or,
+        over the limit, a 429 (``rate_limited``) and the address is braked from then on."""
         limit = self.settings.failed_auth_limit
-        if limit is None or not count:
-            return
-        result = await self.limiter.hit([(f"fail:{ip}", limit)])
-        if not result.admitted:
-            raise Refusal(429, "rate_limited", "too many refused credentials from this address",
-                          retry_after=result.retry_after_s)
+        if limit is not None and count:
+            result = await self.limiter.hit([(f"fail:{ip}", limit)])
+            if not result.admitted:
+                self._block(ip, result.retry_after_s)
+                self._over_failed_limit(ip, result.retry_after_s)
+        self.usage.event("auth_failed", why, ip, record.id if record else None,
+                         record.subject if record else None)
 
     async def _limit(self, record: TokenRecord, route: MatchedRoute,
                      ip: str | None) -> LimitResult | None:
@@ -215,7 +295,10 @@ class Pipeline:
             return None
         result = await self.limiter.hit(limits)
         if not result.admitted:
-            self.usage.event("rate_limited", "token", ip, record.id, record.subject)
+            # the route's limit is the last one passed, when the route has one
+            which = "route" if route.rate_limit is not None and \
+                result.index == len(limits) - 1 else "token"
+            self.usage.event("rate_limited", which, ip, record.id, record.subject)
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
                           limit=result, retry_after=result.retry_after_s)
         return result
