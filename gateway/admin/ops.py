@@ -85,7 +85,7 @@ def requested_path(request: Request) -> str:
 def _claimed_method(request: Request) -> str:
     claimed = request.headers.getlist("x-forwarded-method")
     if len(set(claimed)) > 1:
-        raise _invalid("X-Forwarded-Method is given more than once")
+        raise _invalid("X-Forwarded-Method is given twice, with different methods")
     return (claimed[0] if claimed else request.method).upper()
 
 
