@@ -8,7 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("ok", "no_credential", "invalid_token", "insufficient_scope", "rate_limited",
-            "unavailable", "upstream_error", "upstream_timeout", "bad_request")
+            "unavailable", "upstream_error", "upstream_timeout", "bad_request", "invalid_request")
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
