@@ -2,7 +2,9 @@
 
 The forwarding client is aiohttp's, chosen by measurement (README, "Forwarding client"): httpx's
 default transport forwarded ~10x slower here. It sits behind the small ``Forwarder`` surface,
-with one pooled session per upstream.
+with one pooled session per upstream: at most ``POOL_SIZE`` connections, and a request waits at
+most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once: the
+upstream connection is closed, never read to the end nor pooled half-read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ HOP_BY_HOP = frozenset({
     b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"proxy-connection",
 })
 CHUNK = 64 * 1024
+POOL_SIZE = 1024  # connections per upstream
+POOL_WAIT_S = 5.0  # longest wait for a pooled connection, TCP connect included (-> 504)
+# Scope key of a listener's disconnect hook: hook(callback) arms it, hook(None) disarms it.
+ON_DISCONNECT = "authgate.on_disconnect"
+# aiohttp adds these when the request lacks them; SPEC §6: forward the client's headers only.
+_NOT_OURS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 class UpstreamError(Exception):
@@ -45,6 +53,7 @@ def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def _normalised(name: bytes) -> bytes:
+    """A header name as servers that treat ``_`` as ``-`` (CGI, many frameworks) see it."""
     return name.lower().replace(b"_", b"-")
 
 
@@ -54,14 +63,17 @@ class HeaderRules:
     def __init__(self, settings: Settings) -> None:
         ih = self._names = settings.identity_headers
         names = (ih.subject, ih.token_id, ih.token_name, ih.scopes)
-        self._identity_lower = frozenset(h.lower().encode() for h in names)
+        # Compared normalised on both sides: a configured ``X_User`` and a client's ``x-user``
+        # (or ``X_USER``) name the same header to the upstream.
+        self._identity = frozenset(_normalised(h.encode()) for h in names)
         api_key = settings.api_key_header
-        self._credential = {b"authorization"} | ({api_key.lower().encode()} if api_key else set())
+        self._credential = {b"authorization"} | ({_normalised(api_key.encode())} if api_key
+                                                  else set())
 
     def _drop(self, name: bytes) -> bool:
         n = _normalised(name)
-        return (name in HOP_BY_HOP or name in self._credential or n.startswith(b"x-auth-")
-                or n in self._identity_lower or name == b"host")
+        return (name in HOP_BY_HOP or n in self._credential or n.startswith(b"x-auth-")
+                or n in self._identity or name == b"host")
 
     def request(self, scope: Scope, decision: Decision, request_id: bytes) -> list[tuple[str, str]]:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -114,16 +126,73 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionResetError("client disconnected")
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
+def _target(scope: Scope) -> str | None:
+    """The upstream request target: the path as sent plus the query; None unless the path is
+    origin-form (``/...``), so ``*`` or anything else can never change the upstream's host."""
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    if not path.startswith(b"/"):
+        return None
+    target = path.decode("latin-1")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    return target
+
+
+class _ClientWatch:
+    """Notices the client going away, to end its exchange at once (uvicorn drops response
+    sends after a disconnect: ``send`` never tells). The gateway's own listener offers a hook
+    in the scope (``ON_DISCONNECT``, called when the connection is lost: nothing to run per
+    request); under another ASGI server a small task waits on ``receive()`` for
+    ``http.disconnect`` once the request body is consumed. Either cancels the forwarding task."""
+
+    __slots__ = ("_hook", "_receive", "_stopped", "_task", "_watcher", "gone")
+
+    def __init__(self, scope: Scope, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self._hook: Callable[[Callable[[], None] | None], None] | None = scope.get(ON_DISCONNECT)
+        self._receive = receive
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.gone = False
+        if self._hook is not None:
+            self._hook(self._left)
+
+    def start(self) -> None:
+        """The request body is consumed (or there is none): watch ``receive()`` if need be."""
+        if self._hook is None and not self._stopped:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._hook is not None:
+            self._hook(None)
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    def _left(self) -> None:
+        if not (self._stopped or self.gone):  # after stop() the task is past forwarding
+            self.gone = True
+            self._task.cancel()
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._left()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives; then starts watching."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._left()
+                # Raise, not return: a return would end the upload as if it were complete.
+                raise ConnectionResetError("client disconnected")
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self.start()
+                return
 
 
 class AiohttpForwarder:
@@ -136,12 +205,13 @@ class AiohttpForwarder:
 
     async def start(self) -> None:
         for upstream in self._upstreams:
-            connector = aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60)
+            connector = aiohttp.TCPConnector(limit=POOL_SIZE, ttl_dns_cache=60)
             self._sessions[upstream] = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-                # sock_read bounds the wait for the response headers (-> 504) and any stall
-                # in the body after them.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout,
+                connector=connector, auto_decompress=False, skip_auto_headers=_NOT_OURS,
+                # connect bounds the wait for a pooled connection plus the TCP connect; sock_read
+                # the wait for the response headers (-> 504) and any stall in the body after.
+                timeout=aiohttp.ClientTimeout(total=None,
+                                              connect=min(POOL_WAIT_S, self._timeout),
                                               sock_read=self._timeout))
 
     async def close(self) -> None:
@@ -150,19 +220,38 @@ class AiohttpForwarder:
     async def forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
         """Send the request upstream and stream the answer back; raises UpstreamError before
-        anything was sent to the client."""
-        upstream = decision.route.upstream
-        path = scope.get("raw_path") or scope["path"].encode()
-        target = path.decode("latin-1")
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
+        anything was sent to the client. Returns quietly when the client goes away."""
+        target = _target(scope)
+        if target is None:
+            raise UpstreamError(400, "bad_request", "the request target must be a path ('/...')")
+        url = URL(decision.route.upstream + target, encoded=True)
         headers = self._rules.request(scope, decision, request_id)
-        body = _request_body(receive) if _has_body(scope["headers"]) else None
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _ClientWatch(scope, receive, task)
+        try:
+            body = watch.body() if _has_body(scope["headers"]) else None
+            if body is None:
+                watch.start()
+            await self._exchange(decision.route.upstream, scope["method"], url, headers, body,
+                                 send, extra_headers)
+        except asyncio.CancelledError:
+            # Ours (the client left) unless someone else cancelled too, e.g. a shutdown.
+            if not watch.gone or task.uncancel() > 0:
+                raise
+        finally:
+            watch.stop()
+
+    async def _exchange(self, upstream: str, method: str, url: URL,
+                        headers: list[tuple[str, str]], body: AsyncIterator[bytes] | None,
+                        send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
         started = time.perf_counter()
         try:
             response = await self._sessions[upstream].request(
-                scope["method"], URL(upstream + target, encoded=True), headers=headers,
-                data=body, allow_redirects=False, compress=None)
+                method, url, headers=headers, data=body, allow_redirects=False, compress=None)
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamError(504, "upstream_timeout",
+                                "no connection to the upstream could be had in time") from None
         except TimeoutError:
             raise UpstreamError(504, "upstream_timeout", "the upstream did not answer in time") \
                 from None
@@ -180,8 +269,9 @@ class AiohttpForwarder:
             async for chunk in response.content.iter_chunked(CHUNK):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            # Headers are out: all we can do is cut the stream short.
+        except BaseException:
+            # Cut short (an upstream error, or the client left): close the connection, never
+            # pool it half-read. Headers are out, so there is nothing else to answer.
             response.close()
             raise
         finally:
