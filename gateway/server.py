@@ -2,6 +2,11 @@
 
 SIGTERM/SIGINT: both servers stop accepting, in-flight requests finish (bounded by
 ``GRACEFUL_S``), then usage is flushed and everything closed; exit status 0.
+
+Both listeners bound every request head (request line + headers), on every route, before any
+of it reaches an app: at most ``MAX_HEAD_BYTES`` (else 431, JSON, and the connection closed) and
+complete within ``HEAD_TIMEOUT_S`` of its first byte, or of the connection's opening (else the
+connection is closed). An idle keep-alive connection is uvicorn's ``timeout_keep_alive``.
 """
 
 from __future__ import annotations
@@ -9,17 +14,135 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.app import Gateway
 from gateway.config import Settings, split_hostport
+from gateway.proxy import ON_DISCONNECT
 
 GRACEFUL_S = 10
+MAX_HEAD_BYTES = 32 * 1024  # request line + headers, as sent
+HEAD_TIMEOUT_S = 10.0  # to receive a whole request head
+LINGER_S = 2.0  # after a 431, bytes still arriving are read and dropped this long (see _refuse)
 log = logging.getLogger("authgate")
+
+
+def _head_too_large() -> bytes:
+    body = json.dumps({"error": "invalid_request",
+                       "error_description": "request headers too large"}).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+
+
+_HEAD_TOO_LARGE = _head_too_large()
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with each request head bounded in size and time.
+
+    httptools buffers a header it has not seen the end of, so the bytes are counted as they
+    arrive (``data_received``), not as parsed headers. A head "is open" from the connection's
+    opening, and from the end of each request to the end of the next head; its clock starts at
+    its first byte (at the opening, for the first). Bytes after a completed message in the same
+    read count towards nothing: the bound is exact for a head's first read and at most one read
+    (<= 256 KiB) looser for a pipelined one. One timer per connection checks the clock every
+    ``HEAD_TIMEOUT_S`` at most (not a timer per request: this is the hot path).
+
+    Each request's scope also carries ``ON_DISCONNECT``: the forwarder arms it to hear of the
+    connection's loss at once, without a task waiting on ``receive()``.
+    """
+
+    _head_open = True
+    _head_left = 0
+    _heads = 0  # heads completed on this connection
+    _head_started: float | None = None
+    _refused = False
+    _timer: asyncio.TimerHandle | None = None
+    _on_lost: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_left = MAX_HEAD_BYTES
+        self._head_started = self.loop.time()
+        self._timer = self.loop.call_later(HEAD_TIMEOUT_S, self._check_head)
+        self._hook = self._arm  # bound once per connection, handed to each request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def _arm(self, on_lost: Callable[[], None] | None) -> None:
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a 431: drop it
+        if not self._head_open:
+            super().data_received(data)
+            return
+        if self._head_started is None:
+            self._head_started = self.loop.time()
+        if len(data) <= self._head_left:
+            self._head_left -= len(data)
+            super().data_received(data)
+            return
+        allowed, self._head_left, heads = self._head_left, 0, self._heads
+        super().data_received(data[:allowed])  # the head may end within what is allowed
+        if self._heads == heads:
+            self._refuse()
+        elif not self.transport.is_closing():
+            self.data_received(data[allowed:])  # a body, or the next head, counted afresh
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._heads += 1
+        self.scope[ON_DISCONNECT] = self._hook  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_open, self._head_left, self._head_started = True, MAX_HEAD_BYTES, None
+
+    def _check_head(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed, or handed over (WebSocket)
+        started = self._head_started if self._head_open else None
+        now = self.loop.time()
+        if started is not None and now - started >= HEAD_TIMEOUT_S:
+            self.transport.close()
+            return
+        wait = HEAD_TIMEOUT_S if started is None else started + HEAD_TIMEOUT_S - now
+        self._timer = self.loop.call_later(wait, self._check_head)
+
+    def _refuse(self) -> None:
+        """431 and close. Closing a socket with unread input sends a reset that can reach the
+        client before the 431 does, so: answer, half-close, drop input for ``LINGER_S``."""
+        self._refused = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is under way: a 431 cannot go in front of it
+            return
+        self.transport.write(_HEAD_TOO_LARGE)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 class _Server(uvicorn.Server):
@@ -33,7 +156,7 @@ class _Server(uvicorn.Server):
 def _config(app, listen: str, loop: str) -> uvicorn.Config:  # type: ignore[no-untyped-def]
     host, port = split_hostport(listen)
     return uvicorn.Config(app, host=host, port=port, lifespan="off", loop=loop, interface="asgi3",
-                          http="httptools", log_level="warning", access_log=False,
+                          http=BoundedHttpToolsProtocol, log_level="warning", access_log=False,
                           timeout_graceful_shutdown=GRACEFUL_S, server_header=False,
                           # The client address is the peer's: a client must not choose its IP
                           # (per-IP limits, X-Forwarded-For) by sending X-Forwarded-For itself.
