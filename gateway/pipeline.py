@@ -220,7 +220,10 @@ class Pipeline:
         if record is None:
             await self._failed(ip, "unknown", count_failures)
             raise Refusal(401, "invalid_token", "the token is unknown")
-        self._check_usable(record, now, ip)
+        unusable = self._unusable(record, now)
+        if unusable is not None:  # a refused credential like any other: charged, braked
+            await self._failed(ip, unusable, count_failures, record)
+            raise Refusal(401, "invalid_token", _UNUSABLE[unusable])
         if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
             await self._replay(record, ip, count_failures)
         return record, now
@@ -251,14 +254,13 @@ class Pipeline:
         self.metrics.store_lookups.inc()
         return await self.store.get_by_hash(token_hash)
 
-    def _check_usable(self, record: TokenRecord, now: datetime, ip: str | None) -> None:
-        # Not charged to the address: a known token's refusal costs no store lookup.
+    @staticmethod
+    def _unusable(record: TokenRecord, now: datetime) -> str | None:
         if record.is_revoked(now) and not record.is_replay(now):
-            self.usage.event("auth_failed", "revoked", ip, record.id, record.subject)
-            raise Refusal(401, "invalid_token", "the token has been revoked")
+            return "revoked"
         if record.is_expired(now):
-            self.usage.event("auth_failed", "expired", ip, record.id, record.subject)
-            raise Refusal(401, "invalid_token", "the token has expired")
+            return "expired"
+        return None
 
     async def _replay(self, record: TokenRecord, ip: str | None, count: bool) -> None:
         try:
@@ -274,8 +276,10 @@ class Pipeline:
                       record: TokenRecord | None = None) -> None:
         """Charge a refused credential to the client address: an ``auth_failed`` event, or,
         over the limit, a 429 (``rate_limited``) and the address is braked from then on."""
+        if not count:  # introspection: an answer ({"active": false}), not a refusal
+            return
         limit = self.settings.failed_auth_limit
-        if limit is not None and count:
+        if limit is not None:
             result = await self.limiter.hit([(f"fail:{ip}", limit)])
             if not result.admitted:
                 self._block(ip, result.retry_after_s)
@@ -302,6 +306,9 @@ class Pipeline:
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
                           limit=result, retry_after=result.retry_after_s)
         return result
+
+
+_UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired"}
 
 
 # --- rendering ------------------------------------------------------------------------------
