@@ -169,3 +169,15 @@ async def test_every_refusal_is_an_event(start_gateway, http):
     assert expected <= seen, f"missing after {interval + 1} s: {expected - seen}"
     assert counts[("rate_limited", "client_ip")] == 2
     assert counts[("auth_failed", "unknown")] == 1
+
+
+@pytest.mark.parametrize("backend_pair", ["postgresql+redis"], indirect=True)
+async def test_across_replicas_each_learns_the_block_on_its_own_first_refusal(start_gateway,
+                                                                              http):
+    replicas = [await start_gateway(failed_auth_limit="10/minute") for _ in range(3)]
+    before = sum(lookups(rg.gateway) for rg in replicas)
+    codes = [(await http.get(f"{replicas[i % 3].proxy}/echo",
+                             headers=bearer(forged()))).status_code for i in range(90)]
+    assert codes.count(401) == 10 and codes[-60:] == [429] * 60  # one shared limit
+    # the limit's 10, plus at most one refused charge per replica
+    assert sum(lookups(rg.gateway) for rg in replicas) - before <= 10 + 3
