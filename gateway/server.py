@@ -41,6 +41,7 @@ def _head_too_large() -> bytes:
 
 
 _HEAD_TOO_LARGE = _head_too_large()
+_BASE = HttpToolsProtocol
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -84,20 +85,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _arm(self, on_lost: Callable[[], None] | None) -> None:
         self._on_lost = on_lost
 
+    # The base class's methods are called directly, not through super(): the hot path.
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering after a 431: drop it
         if not self._head_open:
-            super().data_received(data)
+            if not self._refused:  # lingering after a 431: input is dropped
+                _BASE.data_received(self, data)
             return
         if self._head_started is None:
             self._head_started = self.loop.time()
         if len(data) <= self._head_left:
             self._head_left -= len(data)
-            super().data_received(data)
+            _BASE.data_received(self, data)
             return
         allowed, self._head_left, heads = self._head_left, 0, self._heads
-        super().data_received(data[:allowed])  # the head may end within what is allowed
+        _BASE.data_received(self, data[:allowed])  # the head may end within what is allowed
         if self._heads == heads:
             self._refuse()
         elif not self.transport.is_closing():
@@ -107,10 +108,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_open = False
         self._heads += 1
         self.scope[ON_DISCONNECT] = self._hook  # type: ignore[literal-required]
-        super().on_headers_complete()
+        _BASE.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        _BASE.on_message_complete(self)
         self._head_open, self._head_left, self._head_started = True, MAX_HEAD_BYTES, None
 
     def _check_head(self) -> None:
@@ -128,7 +129,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self) -> None:
         """431 and close. Closing a socket with unread input sends a reset that can reach the
         client before the 431 does, so: answer, half-close, drop input for ``LINGER_S``."""
-        self._refused = True
+        self._refused, self._head_open = True, False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
