@@ -72,7 +72,11 @@ async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | 
     peer = request.client.host if request.client else None
     ip = pipeline.client_address(peer, request.scope["headers"])
     pipeline.brake(ip)  # a blocked address learns nothing, not even a right bootstrap guess
-    raw = extract_credential(request.scope["headers"], None)
+    try:
+        raw = extract_credential(request.scope["headers"], None)
+    except Refusal as refusal:  # every 401 is an auth_failed event (SPEC §8)
+        pipeline.usage.event("auth_failed", "missing", ip)
+        raise refusal from None
     user_agent = request.headers.get("user-agent", "")[:200] or None
     if admin_token is not None and tokens.secrets_equal(raw, admin_token):
         return Caller(Actor("admin:bootstrap", ip, user_agent), admin=True)
@@ -85,6 +89,7 @@ async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | 
         return Caller(Actor(f"self:{record.id}", ip, user_agent), admin=False,
                       subject=record.subject, scopes=record.scopes, ends_at=_end(record),
                       rate=record.rate_limit or default, default_rate=default)
+    pipeline.usage.event("access_denied", "admin_api", ip, record.id, record.subject)
     raise Forbidden(f"the token needs scope {ADMIN_SCOPE} or {SELF_SCOPE}")
 
 

@@ -83,7 +83,9 @@ async def caller(request: Request, _: Annotated[HTTPAuthorizationCredentials | N
                                                 Depends(_bearer)]) -> Caller:
     """The authenticated caller (the bearer scheme is declared for the OpenAPI document)."""
     gw = gateway_of(request)
-    return await authenticate(request, gw.pipeline, gw.settings.admin_token)
+    who = await authenticate(request, gw.pipeline, gw.settings.admin_token)
+    request.state.caller = who  # for the audit of a later 403 (gateway.admin.errors)
+    return who
 
 
 def authority(request: Request) -> TokenAuthority:

@@ -53,10 +53,24 @@ async def _invalid(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _refusal(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, Forbidden):
+        _audit_denied(request)
     refusal = refusal_from_forbidden(exc) if isinstance(exc, Forbidden) else exc
     assert isinstance(refusal, Refusal)
     status, headers, body = render_refusal(refusal)
     return JSONResponse(body, status, headers={k.decode(): v.decode() for k, v in headers})
+
+
+def _audit_denied(request: Request) -> None:
+    """A 403 of a known caller (a self token beyond its bounds, a self token on an admin call)
+    is an access_denied event (SPEC §8), counted in memory like the proxy's."""
+    who = getattr(request.state, "caller", None)
+    if who is None:  # refused while authenticating: recorded there
+        return
+    kind, _, token_id = who.actor.name.partition(":")
+    request.app.state.gateway.usage.event(
+        "access_denied", "admin_api", who.actor.ip, token_id if kind == "self" else None,
+        who.subject, actor=who.actor.name)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

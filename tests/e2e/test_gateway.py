@@ -149,7 +149,10 @@ async def test_failed_credentials_are_limited_per_ip(start_gateway, http):
     assert codes == [401] * 5 + [429] * 2
     await rg.gateway.usage.flush()
     events, _ = await rg.gateway.authority.events(type="auth_failed")
-    assert sum(e.details["count"] for e in events) == 7
+    assert sum(e.details["count"] for e in events) == 5  # the 401s
+    # SPEC §8: a 429 is a rate_limited event (the client address's limit), not auth_failed.
+    limited, _ = await rg.gateway.authority.events(type="rate_limited")
+    assert [(e.details["reason"], e.details["count"]) for e in limited] == [("client_ip", 2)]
 
 
 async def test_upstream_unreachable_502_and_timeout_504(start_gateway, http):
