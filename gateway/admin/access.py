@@ -18,8 +18,9 @@ the token it would leave behind must be within the same bounds:
     wider        a scope the caller's own scopes do not cover (authgate:* only by name); a
                  self caller never grants an authgate:* scope it did not find on the token
     longer-lived ends later: expires_at, or the end of a rotation grace; no expiry = never ends
-    faster       a higher effective rate limit (the token's own, else default_rate_limit) in
-                 requests per second; no limit at all = infinitely fast
+    faster       admits more than the caller in some window: a limit of N per W admits a burst of
+                 N, then N/W a second, so a token is faster when its burst or its rate is higher
+                 (its own limit, else default_rate_limit); no limit at all = infinitely fast
 
 Revoking and deleting a token of its own subject (one, a family, or all of them) is always
 allowed, however wide the token: SPEC forbids a self caller to "rotate, change or re-limit" a
@@ -152,7 +153,7 @@ def _within(caller: Caller, record: TokenRecord, what: str, expiry_field: str) -
                         f"{'never expires' if end is None else 'ends ' + str(rfc3339(end))}, "
                         f"the caller {rfc3339(caller.ends_at)})")
     rate = record.rate_limit or caller.default_rate
-    if _per_second(rate) > _per_second(caller.rate):
+    if _faster(rate, caller.rate):
         raise Forbidden(f"rate_limit: {who} faster than itself ({what} "
                         f"{rate or 'is unlimited'}, the caller {caller.rate})")
 
@@ -163,8 +164,15 @@ def _end(record: TokenRecord) -> datetime | None:
     return min(ends) if ends else None
 
 
-def _per_second(rate: RateLimit | None) -> Fraction | float:
-    return float("inf") if rate is None else Fraction(rate.limit, rate.window_s)
+def _faster(rate: RateLimit | None, than: RateLimit | None) -> bool:
+    """Does ``rate`` admit more than ``than`` in some window? A limit of N per W admits a burst
+    of N at once and N/W a second after it (SPEC §3), so both must be no higher."""
+    if than is None:
+        return False
+    if rate is None:
+        return True
+    return rate.limit > than.limit or Fraction(rate.limit, rate.window_s) > Fraction(
+        than.limit, than.window_s)
 
 
 def visible_event(caller: Caller, event: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,6 @@ async def _self_token(http, gw) -> dict:
     return r.json()
 
 
-@pytest.mark.xfail(strict=True, reason="review: self-service bound ignores the burst size")
 async def test_self_cannot_create_a_token_with_a_bigger_burst(start_gateway, http):
     gw = await start_gateway(admin_token=BOOT, default_rate_limit="1000/minute",
                              failed_auth_limit=None)
@@ -43,7 +42,6 @@ async def test_self_cannot_create_a_token_with_a_bigger_burst(start_gateway, htt
     assert r.status_code == 403 and "rate_limit" in r.json()["error_description"], r.text
 
 
-@pytest.mark.xfail(strict=True, reason="review: self-service bound ignores the burst size")
 async def test_self_cannot_patch_itself_to_a_bigger_burst(start_gateway, http):
     gw = await start_gateway(admin_token=BOOT, default_rate_limit="1000/minute",
                              failed_auth_limit=None)
