@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
 from gateway.errors import StoreUnavailable
+from gateway.store.sql import Row
 
 _UNAVAILABLE = (
     OSError,
@@ -42,13 +43,15 @@ class _Conn:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with _translated():
-            return await self._conn.fetch(sql, *args)
+            rows: list[Row] = await self._conn.fetch(sql, *args)  # asyncpg.Record
+            return rows
 
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         async with _translated():
-            return await self._conn.fetchrow(sql, *args)
+            row: Row | None = await self._conn.fetchrow(sql, *args)
+            return row
 
     async def execute(self, sql: str, *args: Any) -> int:
         async with _translated():
@@ -66,7 +69,7 @@ class _Conn:
 class PostgresDriver:
     dialect = "postgresql"
     # Replicas starting together must not migrate at once.
-    migration_lock = "SELECT pg_advisory_xact_lock(727465)"
+    migration_lock: str | None = "SELECT pg_advisory_xact_lock(727465)"
 
     def __init__(self, url: str, min_size: int = 1, max_size: int = 10) -> None:
         self._url = url
@@ -105,10 +108,10 @@ class PostgresDriver:
         async with _translated(), self.pool.acquire() as conn:
             yield _Conn(conn)
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._conn() as c:
             return await c.fetch(sql, *args)
 
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         async with self._conn() as c:
             return await c.fetchrow(sql, *args)

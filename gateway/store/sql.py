@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from importlib import resources
@@ -26,9 +27,15 @@ from gateway.store.base import (
 )
 
 
+class Row(Protocol):
+    """A result row read by column name (asyncpg.Record, sqlite3.Row); not a Mapping: both
+    iterate over values, not keys."""
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
 class Conn(Protocol):
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None: ...
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
     async def execute(self, sql: str, *args: Any) -> int: ...
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     async def script(self, sql: str) -> None: ...
@@ -40,9 +47,9 @@ class Driver(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    def transaction(self) -> Any: ...  # async context manager yielding a Conn
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]: ...
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None: ...
+    def transaction(self) -> AbstractAsyncContextManager[Conn]: ...
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
 
 
 @cache
@@ -87,22 +94,25 @@ class _Params:
 
 
 def _time(v: Any) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(v)
+    return None if v is None else _when(v)
+
+
+def _when(v: Any) -> datetime:
+    """A NOT NULL time column: asyncpg gives a datetime, SQLite the ISO text we stored."""
+    return v if isinstance(v, datetime) else datetime.fromisoformat(v)
 
 
 def _json(v: Any) -> Any:
     return json.loads(v) if isinstance(v, str) else v
 
 
-def _record(row: Mapping[str, Any]) -> TokenRecord:
+def _record(row: Row) -> TokenRecord:
     limit = row["rate_limit"]
     return TokenRecord(
         id=row["id"], subject=row["subject"], name=row["name"],
         scopes=tuple(_json(row["scopes"])), family=row["family"],
         token_hash=row["token_hash"], hint=row["hint"],
-        created_at=_time(row["created_at"]),  # type: ignore[arg-type]
+        created_at=_when(row["created_at"]),
         rate_limit=RateLimit(limit, row["rate_window_s"]) if limit else None,
         metadata=_json(row["metadata"]), expires_at=_time(row["expires_at"]),
         last_used_at=_time(row["last_used_at"]), last_used_ip=row["last_used_ip"],
@@ -112,11 +122,11 @@ def _record(row: Mapping[str, Any]) -> TokenRecord:
     )
 
 
-def _event(row: Mapping[str, Any]) -> Event:
+def _event(row: Row) -> Event:
     return Event(
         id=row["id"], type=row["type"], token_id=row["token_id"], subject=row["subject"],
         actor=row["actor"], ip=row["ip"], user_agent=row["user_agent"],
-        at=_time(row["at"]), details=_json(row["details"]),  # type: ignore[arg-type]
+        at=_when(row["at"]), details=_json(row["details"]),
     )
 
 
@@ -333,8 +343,7 @@ class SqlStore:
 
     async def recent_ips(self, token_id: str, limit: int = 10) -> list[tuple[str, datetime, int]]:
         rows = await self.driver.fetch(Q("recent_ips"), token_id, limit)
-        return [(r["ip"], _time(r["last_seen_at"]), int(r["count"]))  # type: ignore[misc]
-                for r in rows]
+        return [(r["ip"], _when(r["last_seen_at"]), int(r["count"])) for r in rows]
 
     # --- events ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from functools import lru_cache
@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import StoreUnavailable
+from gateway.store.sql import Row
 
 
 @lru_cache(maxsize=256)
@@ -55,11 +56,11 @@ class _Conn:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with _translated():
             return list(await self._db.execute_fetchall(_sql(sql), _params(args)))
 
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
 
@@ -81,7 +82,7 @@ class _Conn:
 
 class SqliteDriver:
     dialect = "sqlite"
-    migration_lock = None  # BEGIN IMMEDIATE already serialises writers
+    migration_lock: str | None = None  # BEGIN IMMEDIATE already serialises writers
 
     def __init__(self, url: str) -> None:
         self.path = url.removeprefix("sqlite:///")
@@ -140,8 +141,8 @@ class SqliteDriver:
                 raise
             await conn.execute("COMMIT")
 
-    async def fetch(self, sql: str, *args: Any) -> list[Mapping[str, Any]]:
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return await _Conn(self._db(self._reader)).fetch(sql, *args)
 
-    async def fetchrow(self, sql: str, *args: Any) -> Mapping[str, Any] | None:
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         return await _Conn(self._db(self._reader)).fetchrow(sql, *args)
