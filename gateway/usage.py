@@ -24,6 +24,17 @@ MAX_IPS_PER_FLUSH = 32  # addresses kept per token per batch: bounded memory und
 MAX_EVENT_KEYS = 10_000
 
 EventKey = tuple[str, str | None, str | None, str, str]  # type, token id, ip, reason, actor
+FoldKey = tuple[str, str, str]  # type, reason, actor
+
+
+class _Tally:
+    """One batched event: counted in place, so a repeat allocates nothing."""
+    __slots__ = ("at", "count", "subject")
+
+    def __init__(self, count: int, subject: str | None, at: datetime) -> None:
+        self.count = count
+        self.subject = subject
+        self.at = at  # first seen
 
 
 class UsageRecorder:
@@ -34,8 +45,8 @@ class UsageRecorder:
         self._metrics = metrics
         self._clock = clock
         self._usage: dict[str, Usage] = {}
-        self._events: dict[EventKey, list] = {}  # -> [count, subject, first seen]
-        self._folded: dict[tuple[str, str, str], list] = {}  # (type, reason, actor) -> same
+        self._events: dict[EventKey, _Tally] = {}
+        self._folded: dict[FoldKey, _Tally] = {}  # subject always None
         self._oldest: float | None = None
         self._task: asyncio.Task[None] | None = None
         # One flush at a time: a caller's flush (or shutdown's) waits for one in progress, so
@@ -67,7 +78,7 @@ class UsageRecorder:
         key = (type_, token_id, ip, reason, actor)
         entry = self._events.get(key)
         if entry is not None:
-            entry[0] += 1
+            entry.count += 1
         else:
             self._add(key, 1, subject, None)
 
@@ -76,26 +87,26 @@ class UsageRecorder:
         if self._oldest is None:
             self._oldest = time.monotonic()
         if len(self._events) < MAX_EVENT_KEYS:
-            self._events[key] = [count, subject, at or self._clock()]
+            self._events[key] = _Tally(count, subject, at or self._clock())
             return
         self._fold((key[0], key[3], key[4]), count, at)
 
-    def _fold(self, key: tuple[str, str, str], count: int, at: datetime | None) -> None:
+    def _fold(self, key: FoldKey, count: int, at: datetime | None) -> None:
         self._metrics.events_folded.inc(count)
         entry = self._folded.get(key)
         if entry is None:
-            self._folded[key] = [count, None, at or self._clock()]
+            self._folded[key] = _Tally(count, None, at or self._clock())
         else:
-            entry[0] += count
+            entry.count += count
 
     def _take(self) -> tuple[list[Usage], list[Event]]:
         usage, self._usage = list(self._usage.values()), {}
-        events = [Event(type=t, actor=actor, at=at, token_id=tid, subject=subject, ip=ip,
-                        details={"count": count, "reason": reason})
-                  for (t, tid, ip, reason, actor), (count, subject, at) in self._events.items()]
-        events += [Event(type=t, actor=actor, at=at, details={
-                       "count": count, "reason": reason, "folded": True})
-                   for (t, reason, actor), (count, _, at) in self._folded.items()]
+        events = [Event(type=t, actor=actor, at=e.at, token_id=tid, subject=e.subject, ip=ip,
+                        details={"count": e.count, "reason": reason})
+                  for (t, tid, ip, reason, actor), e in self._events.items()]
+        events += [Event(type=t, actor=actor, at=e.at, details={
+                       "count": e.count, "reason": reason, "folded": True})
+                   for (t, reason, actor), e in self._folded.items()]
         self._events, self._folded = {}, {}
         return usage, events
 
@@ -119,16 +130,16 @@ class UsageRecorder:
             key = (e.type, e.token_id, e.ip, reason, e.actor)
             entry = self._events.get(key)
             if entry is not None:
-                entry[0] += count
+                entry.count += count
             else:
                 self._add(key, count, e.subject, e.at)
 
-    def _put_back_folded(self, key: tuple[str, str, str], count: int, at: datetime) -> None:
+    def _put_back_folded(self, key: FoldKey, count: int, at: datetime) -> None:
         entry = self._folded.get(key)  # already counted in the metric when first folded
         if entry is None:
-            self._folded[key] = [count, None, at]
+            self._folded[key] = _Tally(count, None, at)
         else:
-            entry[0] += count
+            entry.count += count
 
     async def flush(self) -> int:
         async with self._lock:
