@@ -6,21 +6,16 @@ its audit event). Bad input raises InvalidInput before anything is written.
 
 from __future__ import annotations
 
-import base64
-import json
-import math
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway import tokens
-from gateway.config import RateLimit, Settings, parse_duration, parse_rate_limit
+from gateway.config import RateLimit, Settings
 from gateway.errors import InvalidInput, NotFound, Refused
 from gateway.store import (
-    STATUSES,
     Event,
     EventFilter,
     Revoked,
@@ -30,24 +25,31 @@ from gateway.store import (
     TokenStore,
 )
 from gateway.store.base import REPLAYED
+from gateway.values import (
+    BAD_CHARS,
+    MAX_TIME,
+    check_filter,
+    check_limit,
+    check_metadata,
+    check_rate_limit,
+    check_seconds,
+    check_status,
+    check_text,
+    decode_cursor,
+    encode_cursor,
+)
+
+# Re-exported (`as`) for gateway/admin/models.py until it imports them from gateway.values.
+from gateway.values import MAX_GRACE_S as MAX_GRACE_S
+from gateway.values import MAX_LIFETIME_S as MAX_LIFETIME_S
+from gateway.values import MAX_METADATA_BYTES as MAX_METADATA_BYTES
+from gateway.values import MAX_METADATA_DEPTH as MAX_METADATA_DEPTH
+from gateway.values import MAX_PAGE as MAX_PAGE
+from gateway.values import MAX_RATE as MAX_RATE
+from gateway.values import MAX_TEXT as MAX_TEXT
+from gateway.values import MAX_WINDOW_S as MAX_WINDOW_S
 
 DEFAULT_GRACE_S = 3600
-MAX_GRACE_S = 30 * 86400
-MAX_LIFETIME_S = 100 * 365 * 86400
-MAX_TEXT = 200
-MAX_METADATA_BYTES = 4096
-MAX_METADATA_DEPTH = 8
-MAX_PAGE = 500
-MAX_RATE = 10**9  # requests per window; the store keeps it in a 32-bit column
-MAX_WINDOW_S = 366 * 86400
-# The latest expiry a record can hold: a rotation's successor is capped here, not overflowed.
-MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
-_MAX_CURSOR = 2**63 - 1  # a 64-bit store position
-# Control characters (C0, DEL, C1), line separators and lone surrogates (not UTF-8, so no store
-# can hold them): never in a subject, name or reason.
-_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# What no store can hold (jsonb refuses \u0000; lone surrogates are not UTF-8): never in metadata.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Called with what a change made unusable (or None for "everything") so caches can drop it.
 Invalidator = Callable[[Sequence[Revoked] | None], Awaitable[None]]
@@ -99,117 +101,6 @@ def public_event(e: Event) -> dict[str, Any]:
             "details": dict(e.details)}
 
 
-def encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"c1:{position}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None or cursor == "":
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        kind, _, number = text.partition(":")
-        if kind == "c1" and number.isascii() and number.isdigit() and len(number) <= 19 \
-                and int(number) <= _MAX_CURSOR:
-            return int(number)
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise InvalidInput("cursor", "not a cursor this server issued")
-
-
-def check_text(field: str, value: object, max_len: int = MAX_TEXT) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(field, "must be a non-empty string")
-    if len(value) > max_len:
-        raise InvalidInput(field, f"must be at most {max_len} characters")
-    if _BAD_CHARS.search(value):
-        raise InvalidInput(field, "must not contain control characters or lone surrogates")
-    return value
-
-
-def check_metadata(value: object) -> dict[str, Any]:
-    """A JSON object every store keeps and every response can carry back: at most
-    ``MAX_METADATA_DEPTH`` levels (a deeper one once made every token list fail), no NaN or
-    infinity, no control characters; returned as a fresh copy of what will be stored."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput("metadata", "must be an object with string keys")
-    _check_json(value, 1)
-    try:
-        encoded = json.dumps(value, allow_nan=False)
-    except ValueError:  # an integer past Python's conversion limit
-        raise InvalidInput("metadata", "must be JSON") from None
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
-        raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return json.loads(encoded)  # type: ignore[no-any-return]
-
-
-def _check_json(value: object, depth: int) -> None:
-    """Depth first, so a hostile nesting is refused before it is walked deep."""
-    if isinstance(value, Mapping | list):
-        if depth > MAX_METADATA_DEPTH:
-            raise InvalidInput("metadata", f"must nest at most {MAX_METADATA_DEPTH} levels")
-        if isinstance(value, Mapping):
-            for key in value:
-                if not isinstance(key, str):
-                    raise InvalidInput("metadata", "must be an object with string keys")
-                _check_json(key, depth)
-        for item in value.values() if isinstance(value, Mapping) else value:
-            _check_json(item, depth + 1)
-    elif isinstance(value, str):
-        if _UNSTORABLE.search(value):
-            raise InvalidInput("metadata", "must not contain NUL characters or lone surrogates")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInput("metadata", "must not contain NaN or infinity")
-    elif value is not None and not isinstance(value, bool | int):
-        raise InvalidInput("metadata", "must be JSON")
-
-
-def check_limit(value: object, max_value: int = MAX_PAGE) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_value:
-        raise InvalidInput("limit", f"must be a whole number from 1 to {max_value}")
-    return value
-
-
-def _seconds(field: str, value: object, minimum: int = 0, maximum: int | None = None) -> int:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as e:
-        raise InvalidInput(field, str(e)) from None
-    if seconds < minimum or (maximum is not None and seconds > maximum):
-        raise InvalidInput(field, f"must be from {minimum}s to {maximum}s" if maximum
-                           else f"must be at least {minimum}s")
-    return seconds
-
-
-def _rate_limit(value: object) -> RateLimit | None:
-    if value is None:
-        return None
-    try:
-        rate = parse_rate_limit(value)
-    except ValueError as e:
-        raise InvalidInput("rate_limit", str(e)) from None
-    if rate.limit > MAX_RATE or rate.window_s > MAX_WINDOW_S:
-        raise InvalidInput("rate_limit", f"must be at most {MAX_RATE} requests in a window of "
-                                         f"at most {MAX_WINDOW_S}s")
-    return rate
-
-
-def _filter(field: str, value: str | None) -> str | None:
-    """A filter value no store can hold matches nothing: say so instead of failing in SQL."""
-    if value is not None and _BAD_CHARS.search(value):
-        raise InvalidInput(field, "must not contain control characters or lone surrogates")
-    return value
-
-
-def _status(value: object) -> Any:
-    if value is not None and value not in STATUSES:
-        raise InvalidInput("status", f"must be one of {', '.join(STATUSES)}")
-    return value
-
-
 class TokenAuthority:
     def __init__(self, store: TokenStore, settings: Settings,
                  clock: Callable[[], datetime] = utcnow,
@@ -249,8 +140,8 @@ class TokenAuthority:
         if expires_in is not None and expires_at is not None:
             raise InvalidInput("expires_in", "give expires_in or expires_at, not both")
         if expires_in is not None:
-            return now + timedelta(seconds=_seconds("expires_in", expires_in, minimum=1,
-                                                    maximum=MAX_LIFETIME_S))
+            return now + timedelta(seconds=check_seconds("expires_in", expires_in, minimum=1,
+                                                         maximum=MAX_LIFETIME_S))
         if expires_at is not None and expires_at <= now:
             raise InvalidInput("expires_at", "must be in the future")
         return expires_at
@@ -266,7 +157,7 @@ class TokenAuthority:
             id=new_id("tok"), subject=check_text("subject", subject),
             name=check_text("name", name), scopes=self.scopes_for(scopes, role),
             family=new_id("fam"), token_hash=self.hash(secret.plaintext), hint=secret.hint,
-            created_at=now, rate_limit=_rate_limit(rate_limit),
+            created_at=now, rate_limit=check_rate_limit(rate_limit),
             metadata=check_metadata(metadata), expires_at=self.expiry(now, expires_in, expires_at))
         if allow is not None:
             allow(None, record)
@@ -277,7 +168,7 @@ class TokenAuthority:
 
     async def get(self, token_id: str) -> TokenRecord:
         # An id no store could hold (a NUL, a lone surrogate from a non-UTF-8 argv) is unknown.
-        unstorable = not isinstance(token_id, str) or _BAD_CHARS.search(token_id)
+        unstorable = not isinstance(token_id, str) or BAD_CHARS.search(token_id)
         record = None if unstorable else await self.store.get_token(token_id)
         if record is None:
             raise NotFound(f"token {token_id} not found")
@@ -286,7 +177,8 @@ class TokenAuthority:
     async def list(self, *, subject: str | None = None, status: str | None = None,
                    family: str | None = None, limit: int = 50, cursor: str | None = None,
                    max_limit: int = MAX_PAGE) -> tuple[list[TokenRecord], str | None]:
-        flt = TokenFilter(_filter("subject", subject), _status(status), _filter("family", family))
+        flt = TokenFilter(check_filter("subject", subject), check_status(status),
+                          check_filter("family", family))
         limit = check_limit(limit, max_limit)
         page = await self.store.list_tokens(flt, self.clock(), limit + 1, decode_cursor(cursor))
         more = len(page) > limit
@@ -304,14 +196,14 @@ class TokenAuthority:
             elif key == "scopes":
                 clean[key] = tokens.normalise_scopes(value)
             elif key == "rate_limit":
-                clean[key] = _rate_limit(value)
+                clean[key] = check_rate_limit(value)
             elif key == "metadata":
                 clean[key] = check_metadata(value)
             elif key == "expires_at":
                 clean[key] = self.expiry(self.clock(), None, value) if value else None
             else:
                 raise InvalidInput(key, "cannot be changed")
-        details = {k: (str(v) if isinstance(v, RateLimit | datetime) else v)
+        details: dict[str, Any] = {k: (str(v) if isinstance(v, RateLimit | datetime) else v)
                    for k, v in clean.items() if k != "metadata"}
         record = await self.get(token_id)
         if allow is not None:
@@ -376,7 +268,7 @@ class TokenAuthority:
         end: rotation replaces a secret, it does not extend what the caller may grant).
         Returns (successor, its plaintext, the old record).
         """
-        grace_s = _seconds("grace", grace, maximum=MAX_GRACE_S)
+        grace_s = check_seconds("grace", grace, maximum=MAX_GRACE_S)
         now = self.clock()
         old = await self.get(token_id)
         secret = tokens.generate(self.settings.token_prefix)
@@ -424,7 +316,7 @@ class TokenAuthority:
         return True
 
     async def cleanup(self, actor: Actor, older_than: object = 30 * 86400) -> int:
-        seconds = _seconds("older_than", older_than, maximum=MAX_LIFETIME_S)
+        seconds = check_seconds("older_than", older_than, maximum=MAX_LIFETIME_S)
         now = self.clock()
         event = self._event("tokens_cleaned_up", actor, now=now, older_than_s=seconds)
         return await self.store.cleanup(now - timedelta(seconds=seconds), event)
@@ -450,8 +342,8 @@ class TokenAuthority:
                      cursor: str | None = None,
                      max_limit: int = MAX_PAGE) -> tuple[Sequence[Event], str | None]:
         limit = check_limit(limit, max_limit)
-        flt = EventFilter(_filter("token_id", token_id), _filter("subject", subject),
-                          _filter("type", type), since)
+        flt = EventFilter(check_filter("token_id", token_id), check_filter("subject", subject),
+                          check_filter("type", type), since)
         page = await self.store.list_events(flt, limit + 1, decode_cursor(cursor))
         more = len(page) > limit
         page = page[:limit]
