@@ -25,6 +25,23 @@ ROUTER = Router(Settings(routes=ROUTES))
 PUBLIC, ADMIN, DEFAULT = 0, 1, -1
 
 
+def test_first_match_wins_and_star_matches_the_bare_prefix():
+    router = Router(Settings(routes=[
+        {"path": "/public/*", "auth": "none"},
+        {"path": "/reports/*", "scopes": ["reports:read"]},
+        {"path": "/*", "methods": ["POST"], "scopes": ["write"], "upstream": "http://u:2"},
+        {"path": "/exact"},
+    ]))
+    assert not router.match("/public", "GET").auth_required
+    assert not router.match("/public/a/b", "GET").auth_required
+    assert router.match("/publicity", "GET").index == -1
+    assert router.match("/reports", "GET").scopes == ("reports:read",)
+    assert router.match("/x", "POST").upstream == "http://u:2"
+    assert router.match("/exact", "GET").index == 3
+    assert router.match("/x", "GET").index == -1 and router.match("/x", "GET").auth_required
+    assert router.upstreams == {"http://127.0.0.1:9000", "http://u:2"}
+
+
 def route_of(raw: str, method: str = "GET") -> int:
     return ROUTER.match(raw, method).index
 
