@@ -2,6 +2,8 @@
 
 - ``LocalCache``: two bounded LRUs, one for records and a small one for "no such token", so a
   flood of unknown tokens never evicts a valid one.
+- ``SharedCache``: the shared layer, chosen by the cache URL's scheme from ``SHARED``:
+  ``NullShared`` for ``memory://`` (nothing shared), ``RedisShared`` for ``redis://``.
 - ``RedisShared``: the shared layer for ``redis://``, and the revocation broadcast: a change
   bumps the token's version mark, deletes its entry and publishes its hash, and every replica
   drops it from its LRU. A replica clears its LRU when its subscription comes back after an
@@ -31,13 +33,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
-
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.config import RateLimit
 from gateway.store import Revoked, TokenRecord
+
+if TYPE_CHECKING:
+    from gateway.redis_client import RedisClient
 
 log = logging.getLogger("authgate.cache")
 
@@ -139,7 +141,47 @@ def record_from_json(text: str | bytes) -> TokenRecord:
     return TokenRecord(**data)
 
 
-# --- Redis ----------------------------------------------------------------------------------
+# --- the shared layer ---------------------------------------------------------------------
+
+
+class SharedCache(Protocol):
+    """What replicas share: a token cache and the invalidation broadcast (see the module
+    docstring). ``get`` answers None when it was not asked (unhealthy, or nothing shared)."""
+
+    async def get(self, key: str) -> tuple[Any, float, bytes] | None: ...
+    async def fill(self, key: str, record: TokenRecord | None, version: bytes,
+                   left_s: float) -> None: ...
+    async def delete_and_publish(self, keys: Sequence[str] | None) -> bool: ...
+    async def listen(self, on_message: Callable[[list[str] | None], None]) -> None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class NullShared:
+    """``memory://``: nothing is shared. The LRU is the one cache; a change is "told" at once
+    (there is no one else to tell)."""
+
+    async def get(self, key: str) -> tuple[Any, float, bytes] | None:
+        return None
+
+    async def fill(self, key: str, record: TokenRecord | None, version: bytes,
+                   left_s: float) -> None:
+        return None
+
+    async def delete_and_publish(self, keys: Sequence[str] | None) -> bool:
+        return True
+
+    async def listen(self, on_message: Callable[[list[str] | None], None]) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+NULL_SHARED = NullShared()
 
 # KEYS[1] the cached record, KEYS[2] its version mark (same hash tag: one slot).
 # Returns {value or nil, PTTL of the value (-2: none), version mark ('' if none)}.
@@ -156,9 +198,8 @@ if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
-
-
-_SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (_READ, _FILL)}  # noqa: S324 - script ids
+_READ_SHA = hashlib.sha1(_READ.encode()).hexdigest()  # noqa: S324 - Redis's script id
+_FILL_SHA = hashlib.sha1(_FILL.encode()).hexdigest()  # noqa: S324
 
 
 def _keys(token_hash: str) -> tuple[str, str]:
@@ -166,48 +207,31 @@ def _keys(token_hash: str) -> tuple[str, str]:
 
 
 class RedisShared:
-    """The Redis client, its health, the shared token cache and the invalidation channel."""
+    """The shared token cache and the invalidation channel in Redis, on a ``RedisClient``
+    (given: shared with the limiter, closed by its owner; or a URL: owned and closed here)."""
 
-    def __init__(self, url: str, max_connections: int = 512, backoff_s: float = 1.0) -> None:
-        # A blocking pool waits for a free connection instead of raising at high concurrency.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=2, socket_connect_timeout=0.5,
-            socket_timeout=1.0, health_check_interval=30)
-        self.client = aioredis.Redis(connection_pool=pool)
-        self._backoff_s = backoff_s
-        self._down_until = 0.0
-        self.on_error: Callable[[], None] = lambda: None
+    def __init__(self, redis: RedisClient | str) -> None:
+        if isinstance(redis, str):
+            from gateway.redis_client import RedisClient
+
+            redis = RedisClient(redis)
+            self._owned = True
+        else:
+            self._owned = False
+        self.redis = redis
 
     def healthy(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    async def call(self, awaitable: Awaitable[Any]) -> Any:
-        """Await a Redis command; on failure mark Redis down for a moment and return None."""
-        try:
-            return await awaitable
-        except (RedisError, OSError) as e:
-            if self.healthy():
-                log.warning("redis unavailable (%s); serving from the store", type(e).__name__)
-            self._down_until = time.monotonic() + self._backoff_s
-            self.on_error()
-            return None
+        return self.redis.healthy()
 
     async def ping(self) -> bool:
-        return bool(await self.call(self.client.ping()))
-
-    async def _script(self, script: str, keys: Sequence[str], *args: Any) -> Any:
-        """EVALSHA, loading the script only when Redis lacks it (one round trip as a rule)."""
-        try:
-            return await self.client.evalsha(_SHA[script], len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.client.eval(script, len(keys), *keys, *args)
+        return await self.redis.ping()
 
     async def get(self, key: str) -> tuple[Any, float, bytes] | None:
         """(record, None for "no such token", or MISS; seconds it has left; version mark), in
         one round trip; None when Redis was not asked (unhealthy) or failed."""
-        if not self.healthy():
+        if not self.redis.healthy():
             return None
-        reply = await self.call(self._script(_READ, _keys(key)))
+        reply = await self.redis.call(self.redis.script(_READ, _READ_SHA, _keys(key)))
         if reply is None:
             return None
         raw, left_ms, version = reply
@@ -220,15 +244,18 @@ class RedisShared:
         """Share a store read for the ``left_s`` seconds left to its deadline, unless the
         token changed since ``version`` was read."""
         px = int(left_s * 1000)
-        if px > 0 and self.healthy():
+        if px > 0 and self.redis.healthy():
             value = record_to_json(record) if record is not None else "-"
-            await self.call(self._script(_FILL, _keys(key), version, value, px))
+            await self.redis.call(self.redis.script(_FILL, _FILL_SHA, _keys(key), version,
+                                                    value, px))
 
     async def delete_and_publish(self, keys: Sequence[str] | None) -> bool:
         """Bump each token's version mark, delete its entry, tell every replica. False when
         Redis could not be told (other replicas then drop their copies at their deadline)."""
+        client = self.redis.client
+
         async def run() -> bool:
-            async with self.client.pipeline(transaction=False) as pipe:
+            async with client.pipeline(transaction=False) as pipe:
                 for key in keys or ():
                     entry, version = _keys(key)
                     pipe.incr(version)  # before the delete: a racing fill lands before it or fails
@@ -238,19 +265,21 @@ class RedisShared:
                 await pipe.execute()
             return True
         if keys is None:
-            await self.call(self._delete_all())
-        return bool(await self.call(run()))
+            await self.redis.call(self._delete_all())
+        return bool(await self.redis.call(run()))
 
     async def _delete_all(self) -> None:
-        async for key in self.client.scan_iter(match="authgate:tok:*", count=1000):
-            await self.client.delete(key)
+        async for key in self.redis.client.scan_iter(match="authgate:tok:*", count=1000):
+            await self.redis.client.delete(key)
 
     async def listen(self, on_message: Callable[[list[str] | None], None]) -> None:
         """Follow the invalidation channel forever, reconnecting; run as a background task."""
+        from gateway.redis_client import ERRORS
+
         lost = False
         while True:
             try:
-                async with self.client.pubsub() as pubsub:
+                async with self.redis.client.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     if lost:  # broadcasts may have been missed: forget everything local
                         on_message(None)
@@ -259,28 +288,46 @@ class RedisShared:
                         if message.get("type") == "message":
                             keys = json.loads(message["data"])
                             on_message(None if keys == "*" else keys)
-            except (RedisError, OSError):
+            except ERRORS:
                 lost = True
                 await asyncio.sleep(0.5)
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        if self._owned:
+            await self.redis.close()
+
+
+# One table: the cache URL's scheme -> the shared layer. ``redis_for(url)`` hands out the
+# process's Redis client for a URL (the limiter gets the same one).
+RedisFor = Callable[[str], "RedisClient"]
+SHARED: dict[str, Callable[[str, RedisFor], SharedCache]] = {
+    "memory": lambda url, redis_for: NULL_SHARED,
+    "redis": lambda url, redis_for: RedisShared(redis_for(url)),
+    "rediss": lambda url, redis_for: RedisShared(redis_for(url)),
+    "redis+cluster": lambda url, redis_for: RedisShared(redis_for(url)),
+}
+
+
+def make_shared(url: str, redis_for: RedisFor) -> SharedCache:
+    scheme = url.split("://", 1)[0]
+    try:
+        return SHARED[scheme](url, redis_for)
+    except KeyError:
+        raise ValueError(f"unsupported cache URL scheme {scheme!r}") from None
 
 
 class TokenCache:
     """LRU -> shared -> loader, and invalidation across replicas."""
 
-    def __init__(self, local: LocalCache, shared: RedisShared | None) -> None:
+    def __init__(self, local: LocalCache, shared: SharedCache | None = None) -> None:
         self.local = local
-        self.shared = shared
+        self.shared: SharedCache = shared if shared is not None else NULL_SHARED
         self._listener: asyncio.Task[None] | None = None
         # Bumped by every invalidation: a fill that saw it change may hold a stale record.
         self._changes = 0
 
     def start(self) -> None:
-        if self.shared is not None:
-            self._listener = asyncio.create_task(self.shared.listen(self._on_broadcast))
+        self._listener = asyncio.create_task(self.shared.listen(self._on_broadcast))
 
     def _on_broadcast(self, keys: list[str] | None) -> None:
         self._changes += 1
@@ -288,21 +335,21 @@ class TokenCache:
 
     async def lookup(self, key: str, load: Callable[[str], Awaitable[TokenRecord | None]],
                      hit: Callable[[str], None] = lambda layer: None) -> TokenRecord | None:
-        record = self.local.get(key)
-        if record is not MISS:
+        record: TokenRecord | None
+        cached = self.local.get(key)
+        if cached is not MISS:
             hit("local")
-            return record
+            return cached  # type: ignore[no-any-return]
         changes, version = self._changes, None
-        if self.shared is not None:
-            asked = self.local.clock()
-            found = await self.shared.get(key)
-            if found is not None:
-                record, left_s, version = found
-                if record is not MISS:
-                    hit("shared")
-                    if self._changes == changes:  # the copy dies when the Redis entry does
-                        self.local.put(key, record, asked + left_s)
-                    return record
+        asked = self.local.clock()
+        found = await self.shared.get(key)
+        if found is not None:  # the shared layer answered (never with memory://)
+            cached, left_s, version = found
+            if cached is not MISS:
+                hit("shared")
+                if self._changes == changes:  # the copy dies when the Redis entry does
+                    self.local.put(key, cached, asked + left_s)
+                return cached  # type: ignore[no-any-return]
         hit("store")
         started = self.local.clock()
         record = await load(key)
@@ -310,14 +357,14 @@ class TokenCache:
             return record
         deadline = started + self.local.ttl_for(record)
         self.local.put(key, record, deadline)
-        if self.shared is not None and version is not None:
+        if version is not None:  # read a version mark: may share what it read
             await self.shared.fill(key, record, version, deadline - self.local.clock())
         return record
 
     async def invalidate(self, revoked: Sequence[Revoked] | None) -> None:
         keys = None if revoked is None else [r.token_hash for r in revoked]
         self._on_broadcast(keys)
-        if self.shared is not None and not await self.shared.delete_and_publish(keys):
+        if not await self.shared.delete_and_publish(keys):
             log.warning("change not broadcast (Redis unreachable): every replica sees it "
                         "within local_cache_ttl_s instead of at once")
 

@@ -1,26 +1,41 @@
-"""The project's own error types.
+"""The project's own error types, and the closed set of reasons a request is refused for.
 
 Third-party exceptions (asyncpg, sqlite3, redis, the HTTP client) are translated into these at
 the adapter boundary, in one place per adapter, so callers never import a driver to catch errors.
 
-    AuthgateError
-     ├── ConfigError          bad configuration: every problem, each naming its key
-     ├── InvalidInput         a bad value from a user (names the field)        CLI exit 2, API 4xx
-     ├── NotFound             unknown token id                                 CLI exit 1, API 404
-     ├── Refused              a valid request the token's state forbids        CLI exit 1, API 409
-     └── StoreUnavailable     the token store cannot be reached                CLI exit 1, API 503
+    Exception
+     ├── AuthgateError
+     │    ├── ConfigError        bad configuration: every problem, each naming its key
+     │    ├── InvalidInput       a bad value from a user (names the field)     CLI exit 2, API 422
+     │    ├── NotFound           unknown token id                              CLI exit 1, API 404
+     │    ├── Refused            a valid request the token's state forbids     CLI exit 1, API 409
+     │    └── StoreUnavailable   the token store cannot be reached             CLI exit 1, API 503
+     ├── Refusal                 the pipeline's "no" (400/401/403/429/431/503): a ``Reason``,
+     │                           a description, and what its headers need
+     ├── UpstreamError           forwarding failed before the response started (400/502/504)
+     └── Forbidden               admin API: a known caller may not do this (403, names a scope)
 
-    Refusal                   a request the pipeline refuses (401/403/429/503, 400 for an
-                              ambiguous path): status, a reason from a closed set, a description
+Every refusal and upstream failure carries a ``Reason``: the ``authgate_requests_total`` outcome
+label (``gateway.metrics.OUTCOMES`` is this set plus ``ok``). ``gateway.responses`` renders them
+all as ``{"error", "error_description"}``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from gateway.ratelimit import LimitResult
+
+Reason = Literal["no_credential", "invalid_token", "insufficient_scope", "rate_limited",
+                 "unavailable", "upstream_error", "upstream_timeout", "bad_request",
+                 "invalid_request"]
+Outcome = Literal["ok", Reason]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+OUTCOMES: tuple[Outcome, ...] = ("ok", *REASONS)
+
+ADMIN_SCOPE = "authgate:admin"
 
 
 class AuthgateError(Exception):
@@ -54,10 +69,28 @@ class StoreUnavailable(AuthgateError):
 
 @dataclass(slots=True)
 class Refusal(Exception):
-    """The pipeline's answer "no": rendered by ``gateway.pipeline.render_refusal``."""
+    """The pipeline's answer "no": rendered by ``gateway.responses.refusal``."""
     status: int
-    reason: str  # a metrics outcome: no_credential, invalid_token, invalid_request, ...
+    reason: Reason
     description: str
     scope: str | None = None
     limit: LimitResult | None = None
     retry_after: int | None = None
+
+
+class UpstreamError(Exception):
+    """The request was admitted but could not be forwarded (no response sent yet)."""
+
+    def __init__(self, status: int, reason: Reason, description: str) -> None:
+        super().__init__(description)
+        self.status, self.reason, self.description = status, reason, description
+
+
+class Forbidden(Exception):
+    """A 403 of the admin API: the caller is known but may not do this. ``scope`` names what
+    was missing."""
+
+    def __init__(self, description: str, scope: str = ADMIN_SCOPE) -> None:
+        super().__init__(description)
+        self.description = description
+        self.scope = scope

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("ok", "no_credential", "invalid_token", "insufficient_scope", "rate_limited",
-            "unavailable", "upstream_error", "upstream_timeout", "bad_request", "invalid_request")
+from gateway.errors import OUTCOMES, Outcome
+
+__all__ = ["OUTCOMES", "Metrics", "Outcome"]
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -18,7 +19,8 @@ class Metrics:
         r = self.registry
         requests = Counter("authgate_requests_total", "Requests by outcome.", ["outcome"],
                            registry=r)
-        self.outcome = {o: requests.labels(o) for o in OUTCOMES}  # bound once, not per request
+        # bound once, not per request
+        self.outcome: dict[Outcome, Counter] = {o: requests.labels(o) for o in OUTCOMES}
         self.request_seconds = Histogram(
             "authgate_request_duration_seconds", "Time from request to response start.",
             buckets=_LATENCY, registry=r)

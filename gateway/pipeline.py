@@ -13,8 +13,9 @@
 Steps 3-5 are ``verify`` (each caller reads its own credential): the admin API's callers and
 RFC 7662 introspection go through the same code, so a token is judged usable in one place.
 
-Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (the metric label and
-the audit detail) and a message; ``render_refusal`` is the one place that turns it into headers.
+Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (``errors.Reason``:
+the metric label) and a message; ``gateway.responses`` is the one place that turns it into
+headers and a body.
 Each refusal is also one event, counted in memory (SPEC §8): ``auth_failed`` for a 401
 (``details.reason``: missing, malformed, unknown, revoked, expired, replay), ``access_denied`` for
 a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or ``client_ip``).
@@ -47,6 +48,7 @@ from gateway.config import IdentityHeaders, Settings
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, Limits, RateLimiter
+from gateway.responses import rate_limit_headers, render_refusal
 from gateway.routes import MatchedRoute, Router
 from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
@@ -56,6 +58,9 @@ log = logging.getLogger("authgate.pipeline")
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BLOCKED = 10_000  # addresses remembered as blocked; the oldest is forgotten past it
 Headers = list[tuple[bytes, bytes]]
+# Re-exported: callers and tests that knew them here (the renderer lives in gateway.responses).
+__all__ = ["Decision", "Pipeline", "Refusal", "extract_credential", "header_value",
+           "identity_headers", "rate_limit_headers", "render_refusal"]
 
 
 @dataclass(slots=True)
@@ -309,43 +314,3 @@ class Pipeline:
 
 
 _UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired"}
-
-
-# --- rendering ------------------------------------------------------------------------------
-
-_ERROR_CODE = {401: "invalid_token", 403: "insufficient_scope"}
-
-
-def rate_limit_headers(result: LimitResult) -> list[tuple[bytes, bytes]]:
-    q, w = result.limit.limit, result.limit.window_s
-    r, t = result.remaining, result.reset_s
-    return [
-        (b"ratelimit-policy", f'"default";q={q};w={w}'.encode()),
-        (b"ratelimit", f'"default";r={r};t={t}'.encode()),
-        (b"x-ratelimit-limit", str(q).encode()),
-        (b"x-ratelimit-remaining", str(r).encode()),
-        (b"x-ratelimit-reset", str(t).encode()),
-    ]
-
-
-def render_refusal(refusal: Refusal) -> tuple[int, list[tuple[bytes, bytes]], dict[str, str]]:
-    """Status, headers and JSON body for a refusal (RFC 6750 where it applies)."""
-    headers: list[tuple[bytes, bytes]] = []
-    if refusal.reason == "no_credential":
-        error = "invalid_request"
-        headers.append((b"www-authenticate", b'Bearer realm="authgate"'))
-    elif refusal.status in _ERROR_CODE:
-        error = _ERROR_CODE[refusal.status]
-        challenge = f'Bearer realm="authgate", error="{error}", ' \
-                    f'error_description="{refusal.description}"'
-        if refusal.scope:
-            challenge += f', scope="{refusal.scope}"'
-        headers.append((b"www-authenticate", challenge.encode()))
-    else:
-        error = {429: "rate_limited", 503: "temporarily_unavailable",
-                 431: "invalid_request"}.get(refusal.status, refusal.reason)
-    if refusal.limit is not None:
-        headers.extend(rate_limit_headers(refusal.limit))
-    if refusal.retry_after is not None:
-        headers.append((b"retry-after", str(max(1, refusal.retry_after)).encode()))
-    return refusal.status, headers, {"error": error, "error_description": refusal.description}

@@ -1,7 +1,8 @@
 """Rate limiters: GCRA with a burst of N, per key, several limits checked atomically together.
 
 ``RedisLimiter`` runs gateway/lua/gcra.lua (one round trip; all replicas share the state) and
-falls back to a per-replica ``MemoryLimiter`` while Redis is unreachable.
+falls back to a per-replica ``MemoryLimiter`` while Redis is unreachable. Which one: the cache
+URL's scheme, from ``LIMITERS`` (``memory://`` -> in process, ``redis://`` -> Redis).
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import asyncio
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Protocol
-
-from redis.exceptions import NoScriptError
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import RateLimit
+
+if TYPE_CHECKING:
+    from gateway.cache import RedisShared
+    from gateway.redis_client import RedisClient
 
 Limits = Sequence[tuple[str, RateLimit]]  # (key, limit) pairs, all must admit
 
@@ -58,7 +61,8 @@ class MemoryLimiter:
 
     SWEEP_STEP = 4
 
-    def __init__(self, max_keys: int = 100_000, clock=time.monotonic) -> None:
+    def __init__(self, max_keys: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._state: dict[str, list[float]] = {}
         self._max_keys = max_keys
         self._clock = clock
@@ -88,7 +92,7 @@ class MemoryLimiter:
     def hit_now(self, limits: Limits) -> LimitResult:
         now = self._clock() * 1000
         state = self._state
-        new_tats = []
+        new_tats: list[float] = []
         worst, worst_wait = -1, 0.0
         for i, (key, limit) in enumerate(limits):
             window = limit.window_s * 1000
@@ -138,15 +142,19 @@ class RedisLimiter:
     holds exactly, and under load the per-request Redis cost is shared by the batch.
     """
 
-    def __init__(self, shared, fallback: MemoryLimiter | None = None) -> None:
-        self._shared = shared  # gateway.cache.RedisShared: owns the client and its health
+    def __init__(self, redis: RedisClient | RedisShared,
+                 fallback: MemoryLimiter | None = None) -> None:
+        from gateway.cache import RedisShared
+
+        # The client owns the connection and its health (a RedisShared lends its own).
+        self._redis = redis.redis if isinstance(redis, RedisShared) else redis
         self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
         self._fallback = fallback or MemoryLimiter()
         self._batch: list[tuple[list[str], list[int], asyncio.Future[list[int] | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
 
     async def hit(self, limits: Limits) -> LimitResult:
-        if not self._shared.healthy():
+        if not self._redis.healthy():
             return self._fallback.hit_now(limits)
         keys = [f"authgate:rl:{key}" for key, _ in limits]
         args = [n for _, limit in limits for n in (limit.limit, limit.window_s)]
@@ -169,25 +177,30 @@ class RedisLimiter:
 
     async def _run_batch(self, batch: list[tuple[list[str], list[int],
                                                  asyncio.Future[list[int] | None]]]) -> None:
-        async def run() -> list[list[int]]:
-            # Plain EVALSHA: redis-py's Script objects add a SCRIPT EXISTS round trip to
-            # every pipeline. The script is (re)loaded only when Redis says it lacks it.
-            for attempt in (1, 2):
-                async with self._shared.client.pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        pipe.evalsha(self._sha, len(keys), *keys, *args)
-                    try:
-                        return await pipe.execute()
-                    except NoScriptError:
-                        if attempt == 2:
-                            raise
-                        await self._shared.client.script_load(_SCRIPT)
-            raise AssertionError("unreachable")
-
-        replies = await self._shared.call(run())
+        calls = [(keys, args) for keys, args, _ in batch]
+        replies = await self._redis.call(self._redis.scripts(_SCRIPT, self._sha, calls))
         for i, (_, _, future) in enumerate(batch):
             if not future.done():
                 future.set_result(replies[i] if replies is not None else None)
 
     async def close(self) -> None:
         pass
+
+
+# One table: the cache URL's scheme -> the limiter. ``redis_for(url)`` hands out the process's
+# Redis client for a URL (the shared cache gets the same one).
+RedisFor = Callable[[str], "RedisClient"]
+LIMITERS: dict[str, Callable[[str, RedisFor], RateLimiter]] = {
+    "memory": lambda url, redis_for: MemoryLimiter(),
+    "redis": lambda url, redis_for: RedisLimiter(redis_for(url)),
+    "rediss": lambda url, redis_for: RedisLimiter(redis_for(url)),
+    "redis+cluster": lambda url, redis_for: RedisLimiter(redis_for(url)),
+}
+
+
+def make_limiter(url: str, redis_for: RedisFor) -> RateLimiter:
+    scheme = url.split("://", 1)[0]
+    try:
+        return LIMITERS[scheme](url, redis_for)
+    except KeyError:
+        raise ValueError(f"unsupported limiter URL scheme {scheme!r}") from None

@@ -1,4 +1,8 @@
-"""Token stores, picked by URL scheme from one table (as uvicorn picks its loop by name)."""
+"""Token stores, picked by URL scheme from one table (as uvicorn picks its loop by name).
+
+Each driver module (and so its database library: aiosqlite, asyncpg) is imported only when its
+scheme is chosen.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +20,25 @@ from gateway.store.base import (
     TokenStore,
     Usage,
 )
-from gateway.store.postgres import PostgresDriver
 from gateway.store.sql import Driver, SqlStore
-from gateway.store.sqlite import SqliteDriver
+
+
+def _sqlite(url: str) -> Driver:
+    from gateway.store.sqlite import SqliteDriver
+
+    return SqliteDriver(url)
+
+
+def _postgres(url: str) -> Driver:
+    from gateway.store.postgres import PostgresDriver
+
+    return PostgresDriver(url)
+
 
 DRIVERS: dict[str, Callable[[str], Driver]] = {
-    "sqlite": SqliteDriver,
-    "postgresql": PostgresDriver,
-    "postgres": PostgresDriver,
+    "sqlite": _sqlite,
+    "postgresql": _postgres,
+    "postgres": _postgres,
 }
 
 
