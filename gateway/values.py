@@ -79,7 +79,8 @@ def check_metadata(value: object) -> dict[str, Any]:
         raise InvalidInput("metadata", "must be JSON") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInput("metadata", f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
-    return json.loads(encoded)  # type: ignore[no-any-return]
+    copy: dict[str, Any] = json.loads(encoded)
+    return copy
 
 
 def _check_json(value: object, depth: int) -> None:
