@@ -200,7 +200,7 @@ async def test_two_concurrent_rotations_yield_exactly_one_successor(store_url, s
             await s.close()
 
 
-async def test_fifty_concurrent_creates_and_revokes(authority):
+async def test_fifty_concurrent_creates_and_revokes_count_and_audit_each_once(authority):
     made = await asyncio.gather(*(authority.create(CLI, subject=f"s{i % 5}", name=str(i))
                                   for i in range(50)))
     assert len({r.id for r, _ in made}) == 50
@@ -211,7 +211,7 @@ async def test_fifty_concurrent_creates_and_revokes(authority):
     assert len((await authority.events(type="token_revoked", limit=500))[0]) == 25
 
 
-async def test_bulk_revocations(authority, clock):
+async def test_bulk_revokes_by_subject_family_or_all_count_what_they_changed(authority, clock):
     _a1, _ = await authority.create(CLI, subject="alice", name="1")
     _a2, _ = await authority.create(CLI, subject="alice", name="2")
     b1, _ = await authority.create(CLI, subject="bob", name="3")
@@ -230,7 +230,7 @@ async def test_bulk_revocations(authority, clock):
     assert subject_event.subject == "alice" and subject_event.details["revoked"] == 2
 
 
-async def test_delete_removes_the_record(authority, store):
+async def test_delete_removes_the_record_and_is_audited(authority, store):
     record, secret = await authority.create(CLI, subject="alice", name="ci")
     await authority.delete(CLI, record.id)
     assert await store.get_by_hash(authority.hash(secret)) is None
@@ -276,7 +276,7 @@ async def test_usage_per_day_and_recent_addresses(authority, store, clock):
     assert ips == [] and all(n == 0 for _, n in per_day)
 
 
-async def test_stats(authority, clock):
+async def test_stats_count_each_status_recent_creations_and_top_active_subjects(authority, clock):
     for i in range(3):
         await authority.create(CLI, subject="alice", name=str(i))
     bob, _ = await authority.create(CLI, subject="bob", name="b")
@@ -291,7 +291,7 @@ async def test_stats(authority, clock):
     assert (await authority.stats()).created_24h == 0
 
 
-async def test_event_filters_and_pagination(authority, clock):
+async def test_events_filter_by_subject_time_and_type_and_page_newest_first(authority, clock):
     a, _ = await authority.create(CLI, subject="alice", name="1")
     clock.advance(hours=1)
     since = clock()
