@@ -29,7 +29,7 @@ from gateway.authority import (
 )
 from gateway.config import Settings, load_settings, parse_duration, parse_rate_limit
 from gateway.errors import AuthgateError, ConfigError, InvalidInput
-from gateway.store import SqlStore, make_store, open_store
+from gateway.store import SqlStore, make_store
 
 T = TypeVar("T")
 
@@ -123,20 +123,13 @@ def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 async def _with_store(settings: Settings, fn: Callable[..., Awaitable[T]], *args: Any,
                       **kwargs: Any) -> T:
-    """Open the store (and, with a Redis cache, the invalidation channel: a revoke or rotate
-    from the CLI reaches every running gateway at once, not after its cache TTL)."""
-    from gateway.cache import LocalCache, RedisShared, TokenCache
+    """Run ``fn`` on the authority of the same services ``serve`` builds (no background work):
+    with a Redis cache, a revoke or rotate from the CLI is broadcast, so it reaches every
+    running gateway at once, not after its cache TTL."""
+    from gateway.services import Services
 
-    store = await open_store(settings.store)
-    shared = RedisShared(settings.cache) if settings.cache != "memory://" else None
-    cache = TokenCache(LocalCache(0), shared)
-    try:
-        return await fn(TokenAuthority(store, settings, invalidate=cache.invalidate), *args,
-                        **kwargs)
-    finally:
-        await store.close()
-        if shared is not None:
-            await shared.close()
+    async with Services.opened(settings) as services:
+        return await fn(services.authority, *args, **kwargs)
 
 
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:

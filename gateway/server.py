@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.app import Gateway
 from gateway.config import Settings, split_hostport
 from gateway.proxy import ON_DISCONNECT
+from gateway.responses import error_json
 
 GRACEFUL_S = 10
 MAX_HEAD_BYTES = 32 * 1024  # request line + headers, as sent
@@ -34,8 +34,7 @@ log = logging.getLogger("authgate")
 
 
 def _head_too_large() -> bytes:
-    body = json.dumps({"error": "invalid_request",
-                       "error_description": "request headers too large"}).encode()
+    body = error_json("invalid_request", "request headers too large")
     return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
 

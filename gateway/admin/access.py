@@ -40,11 +40,10 @@ from starlette.requests import Request
 from gateway import tokens
 from gateway.authority import Actor, Allow, rfc3339
 from gateway.config import RateLimit
-from gateway.errors import NotFound
-from gateway.pipeline import Pipeline, Refusal, extract_credential
+from gateway.errors import ADMIN_SCOPE, Forbidden, NotFound, Refusal
+from gateway.pipeline import Pipeline, extract_credential
 from gateway.store import TokenRecord
 
-ADMIN_SCOPE = "authgate:admin"
 SELF_SCOPE = "authgate:self"
 
 
@@ -57,15 +56,6 @@ class Caller:
     ends_at: datetime | None = None  # a self caller's end (expiry or grace end); None: never
     rate: RateLimit | None = None  # a self caller's effective rate limit; None: unlimited
     default_rate: RateLimit | None = None  # default_rate_limit, for tokens without their own
-
-
-class Forbidden(Exception):
-    """A 403: the caller is known but may not do this. ``scope`` names what was missing."""
-
-    def __init__(self, description: str, scope: str = ADMIN_SCOPE) -> None:
-        super().__init__(description)
-        self.description = description
-        self.scope = scope
 
 
 async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | None) -> Caller:

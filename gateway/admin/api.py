@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response
@@ -28,6 +28,7 @@ from gateway.admin.access import (
     subject_filter,
     visible_event,
 )
+from gateway.admin.deps import AuthorityDep, PipelineDep, SettingsDep, UsageDep
 from gateway.admin.export import EVENT_COLUMNS, TOKEN_COLUMNS, csv_response, wants_csv
 from gateway.authority import (
     Allow,
@@ -37,20 +38,10 @@ from gateway.authority import (
     rfc3339,
     stats_dict,
 )
-from gateway.errors import InvalidInput, NotFound
-from gateway.pipeline import Refusal
+from gateway.errors import InvalidInput, NotFound, Refusal
 from gateway.store import TokenRecord
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": m.Error, "description": text} for code, text in (
-        (400, "Malformed request"), (401, "No or invalid credential"),
-        (403, "Not allowed for this caller"), (404, "Unknown token"),
-        (409, "Refused by the token's state"), (413, "Body too large"),
-        (415, "Unsupported media type"), (422, "Invalid field (named in the description)"),
-        (429, "Too many refused credentials"), (503, "Store unreachable"))}
+ERRORS = m.ERRORS
 CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 
 
@@ -71,47 +62,38 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def gateway_of(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
-
-
 _bearer = HTTPBearer(auto_error=False, description="An admin or self-service token, or the "
                      "bootstrap admin_token")
 
 
 async def caller(request: Request, _: Annotated[HTTPAuthorizationCredentials | None,
-                                                Depends(_bearer)]) -> Caller:
+                                                Depends(_bearer)],
+                 pipeline: PipelineDep, settings: SettingsDep) -> Caller:
     """The authenticated caller (the bearer scheme is declared for the OpenAPI document)."""
-    gw = gateway_of(request)
-    who = await authenticate(request, gw.pipeline, gw.settings.admin_token)
+    who = await authenticate(request, pipeline, settings.admin_token)
     request.state.caller = who  # for the audit of a later 403 (gateway.admin.errors)
     return who
-
-
-def authority(request: Request) -> TokenAuthority:
-    return gateway_of(request).authority
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
 
 
-async def audit_read(request: Request, who: CallerDep) -> None:
+async def audit_read(request: Request, who: CallerDep, usage: UsageDep) -> None:
     """Reads are audited too: counted in memory per (caller, call, token) and written with the
     usage batches as ``admin_read`` events, so a read costs no store write of its own. Changes
     write their own event in the authority, in the same transaction as the change."""
     route = request.scope.get("route")
     if request.method == "GET" or request.url.path == "/v1/introspect":
         call = f"{request.method} {route.path if isinstance(route, APIRoute) else '?'}"
-        gateway_of(request).usage.event("admin_read", call, who.actor.ip,
-                                        request.path_params.get("token_id"), who.subject,
-                                        actor=who.actor.name)
+        usage.event("admin_read", call, who.actor.ip, request.path_params.get("token_id"),
+                    who.subject, actor=who.actor.name)
 
 
 # The caller first: an unauthenticated request learns nothing but 401 (FastAPI runs each
 # dependency once per request, so handlers asking for the caller get this same one).
 router = APIRouter(prefix="/v1", responses=ERRORS,
                    dependencies=[Depends(caller), Depends(known_query), Depends(audit_read)])
-AuthDep = Annotated[TokenAuthority, Depends(authority)]
+AuthDep = AuthorityDep
 Format = Annotated[Literal["json", "csv"] | None, Query(
     description="csv: the whole filtered list as CSV (also Accept: text/csv)")]
 
@@ -331,16 +313,15 @@ async def _export(pages: Pages, columns: tuple[str, ...], filename: str) -> Resp
 
 @router.post("/introspect", response_model=m.Introspection, response_model_exclude_none=True,
              tags=["introspection"])
-async def introspect(request: Request, who: CallerDep,
+async def introspect(who: CallerDep, pipeline: PipelineDep,
                      token: Annotated[str, Form(max_length=512)],
                      token_type_hint: Annotated[str | None, Form(
                          max_length=64, description="Accepted and ignored (RFC 7662 §2.1)")]
                      = None) -> dict[str, Any]:
     """RFC 7662: the same checks as the proxy. A self caller learns only of its own subject's
     tokens; anything else is `{"active": false}`."""
-    gw = gateway_of(request)
     try:
-        record = await gw.pipeline.verify(token, None, count_failures=False)
+        record = await pipeline.verify(token, None, count_failures=False)
     except Refusal as refusal:
         if refusal.status == 503:
             raise

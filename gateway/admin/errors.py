@@ -1,10 +1,11 @@
-"""Every admin-API error as SPEC's JSON ``{"error", "error_description"}``, rendered here only.
+"""Every admin-API error as SPEC's JSON ``{"error", "error_description"}`` (the body built by
+``gateway.responses``, as on the proxy listener), mapped to a status here only.
 
     RequestValidationError   422 (400 for a body that is not JSON), naming the field
     InvalidInput             422, naming the field
     NotFound                 404        Refused            409
     Forbidden                403 insufficient_scope (names the scope)
-    Refusal                  as on the proxy: 401 / 429 / 503 (pipeline.render_refusal)
+    Refusal                  as on the proxy: 401 / 429 / 503 (responses.refusal)
     StoreUnavailable         503 with Retry-After
     HTTPException            its status (unknown path, method, body too large)
 """
@@ -17,28 +18,36 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from gateway.admin.access import Forbidden, refusal_from_forbidden
-from gateway.errors import InvalidInput, NotFound, Refused, StoreUnavailable
-from gateway.pipeline import Refusal, render_refusal
+from gateway import responses
+from gateway.admin.access import refusal_from_forbidden
+from gateway.admin.deps import services_of
+from gateway.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Refusal,
+    Refused,
+    StoreUnavailable,
+)
 
 _HTTP_ERRORS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
                 413: "request_too_large", 415: "unsupported_media_type"}
 
 
 def error(status: int, code: str, description: str,
-          headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "error_description": description}, status,
-                        headers=headers)
+          headers: dict[str, str] | None = None) -> Response:
+    return Response(responses.error_json(code, description), status, headers=headers,
+                    media_type="application/json")
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc) or "request"
 
 
-async def _validation(request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     if first["type"] == "json_invalid":
@@ -47,18 +56,19 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return error(422, "invalid_request", f"{_field(first['loc'])}: {msg}")
 
 
-async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+async def _invalid(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, InvalidInput)
     return error(422, "invalid_request", f"{exc.field}: {exc.message}")
 
 
-async def _refusal(request: Request, exc: Exception) -> JSONResponse:
+async def _refusal(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Forbidden):
         _audit_denied(request)
     refusal = refusal_from_forbidden(exc) if isinstance(exc, Forbidden) else exc
     assert isinstance(refusal, Refusal)
-    status, headers, body = render_refusal(refusal)
-    return JSONResponse(body, status, headers={k.decode(): v.decode() for k, v in headers})
+    status, headers, body = responses.refusal(refusal)
+    return Response(body, status, headers={k.decode(): v.decode() for k, v in headers},
+                    media_type="application/json")
 
 
 def _audit_denied(request: Request) -> None:
@@ -68,12 +78,12 @@ def _audit_denied(request: Request) -> None:
     if who is None:  # refused while authenticating: recorded there
         return
     kind, _, token_id = who.actor.name.partition(":")
-    request.app.state.gateway.usage.event(
+    services_of(request).usage.event(
         "access_denied", "admin_api", who.actor.ip, token_id if kind == "self" else None,
         who.subject, actor=who.actor.name)
 
 
-async def _http(request: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers) if exc.headers else None
     if exc.status_code == 405:  # Allow: every method of the path, not just the first route's
@@ -101,14 +111,14 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StoreUnavailable, _unavailable)
 
 
-async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+async def _not_found(request: Request, exc: Exception) -> Response:
     return error(404, "not_found", str(exc))
 
 
-async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+async def _conflict(request: Request, exc: Exception) -> Response:
     return error(409, "conflict", str(exc))
 
 
-async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+async def _unavailable(request: Request, exc: Exception) -> Response:
     return error(503, "temporarily_unavailable", "the token store is unreachable; retry shortly",
                  {"retry-after": "5"})

@@ -14,12 +14,13 @@ request to the protected app, not to us.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+
+from gateway.responses import error_json, send_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -91,7 +92,4 @@ def _cross_site(headers: dict[bytes, bytes]) -> bool:
 
 
 async def _refuse(send: Send, status: int, code: str, description: str) -> None:
-    body = json.dumps({"error": code, "error_description": description}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, error_json(code, description), [])

@@ -255,3 +255,13 @@ class Health(BaseModel):
 
 
 PAGE_LIMIT = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+
+
+# The error responses the OpenAPI document lists (every one an ``Error`` body).
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Error, "description": text} for code, text in (
+        (400, "Malformed request"), (401, "No or invalid credential"),
+        (403, "Not allowed for this caller"), (404, "Unknown token"),
+        (409, "Refused by the token's state"), (413, "Body too large"),
+        (415, "Unsupported media type"), (422, "Invalid field (named in the description)"),
+        (429, "Too many refused credentials"), (503, "Store unreachable"))}

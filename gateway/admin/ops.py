@@ -11,9 +11,10 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.admin import models as m
-from gateway.admin.api import ERRORS, gateway_of
+from gateway.admin.deps import MetricsDep, PipelineDep, SettingsDep, SharedDep, StoreDep
 from gateway.errors import Refusal, StoreUnavailable
-from gateway.pipeline import identity_headers, rate_limit_headers
+from gateway.pipeline import identity_headers
+from gateway.responses import rate_limit_headers
 
 router = APIRouter()
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -29,30 +30,28 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=m.Health, response_model_exclude_none=True,
             tags=["operations"],
             responses={503: {"model": m.Health, "description": "The store is unreachable"}})
-async def readyz(request: Request) -> Any:
+async def readyz(store: StoreDep, shared: SharedDep) -> Any:
     """ok; degraded when only Redis is down (200); 503 when the store is unreachable."""
-    gw = gateway_of(request)
     try:
         async with asyncio.timeout(2):
-            await gw.store.ping()
+            await store.ping()
     except (StoreUnavailable, TimeoutError):
         return JSONResponse({"status": "unavailable", "store": "down"}, status_code=503)
-    if gw.shared is not None and not await gw.shared.ping():
+    if not await shared.ping():  # memory://: nothing shared, always up
         return {"status": "degraded", "store": "ok", "cache": "down"}
     return {"status": "ok"}
 
 
 @router.get("/metrics", response_class=Response, tags=["operations"], responses={
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format."""
-    return Response(generate_latest(gateway_of(request).metrics.registry),
-                    media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 _AUTHORIZE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Allowed; identity and rate-limit headers set", "content": None},
-    **{code: ERRORS[code] for code in (400, 401, 403, 429, 503)}}
+    **{code: m.ERRORS[code] for code in (400, 401, 403, 429, 503)}}
 
 
 _URI_HEADERS = ("x-forwarded-uri", "x-original-uri")
@@ -89,25 +88,24 @@ def _claimed_method(request: Request) -> str:
     return (claimed[0] if claimed else request.method).upper()
 
 
-async def authorize(request: Request) -> Response:
+async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep,
+                    settings: SettingsDep) -> Response:
     """Forward-auth decision (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz): the
     proxy's own pipeline, on `X-Forwarded-Method` and the URI sources of ``requested_path``,
     judged by the proxy listener's path rule."""
-    gw = gateway_of(request)
     client = request.client
     try:
-        ip = gw.pipeline.client_address(client.host if client else None,
-                                        request.scope["headers"])
-        decision = await gw.pipeline.decide(_claimed_method(request), requested_path(request),
-                                            request.scope["headers"], ip)
+        ip = pipeline.client_address(client.host if client else None, request.scope["headers"])
+        decision = await pipeline.decide(_claimed_method(request), requested_path(request),
+                                         request.scope["headers"], ip)
     except Refusal as refusal:
-        gw.metrics.outcome[refusal.reason].inc()
+        metrics.outcome[refusal.reason].inc()
         raise  # rendered by the one refusal handler (gateway.admin.errors), as on the API
-    gw.metrics.outcome["ok"].inc()
+    metrics.outcome["ok"].inc()
     out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
         if decision.limit else {}
     if decision.record is not None:
-        out |= dict(identity_headers(gw.settings.identity_headers, decision.record))
+        out |= dict(identity_headers(settings.identity_headers, decision.record))
     return Response(status_code=200, headers=out)
 
 
