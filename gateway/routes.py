@@ -12,25 +12,30 @@ under; upstreams read a path in more than one way, and each reading is computed 
     hardened      "\\" as "/" (IIS, some Java and Node servers), ";params" dropped from every
                   segment (Tomcat: /public/..;/admin is /admin), each and both, for every
                   reading above
-    twice         the once-decoded path decoded again, then read as above: an upstream or a proxy
-                  chain that decodes twice turns %252e%252e into ".."
+    again         the decoded path decoded again, up to three more times, each read as above: an
+                  upstream or a proxy chain that decodes twice turns %252e%252e into ".."
+    NFKC          Unicode compatibility normalisation of a non-ASCII path (fullwidth U+FF0E is ".")
 
 When any reading matches a different route than the literal path does, the request is refused with
 400 ``invalid_request`` and never forwarded: a path can only reach an upstream under the route it
-was judged by. A path that does not start with "/" (``*``), with a NUL, invalid percent-encoding or
-bytes that are not latin-1 is refused the same way. Paths whose readings all agree (``/static/./a``,
-``/files/100%25``) pass unchanged.
+was judged by. A path that does not start with "/" (``*``), that holds a raw "#" (a fragment:
+nginx's $request_uri keeps it, the upstream drops it), a control character (NUL, tab, ... encoded
+or not), an overlong UTF-8 lead byte (%C0, %C1), invalid percent-encoding or bytes that are not
+latin-1 is refused the same way. Paths whose readings all agree (``/static/./a``,
+``/files/100%25``) pass unchanged. An exact route (no "*") also matches its path with one trailing
+slash ("/admin/"), which many frameworks serve with the same handler.
 
-Not covered (an upstream that needs them needs its own guard): case-insensitive upstreams (IIS:
-/ADMIN), Unicode normalisation (fullwidth solidus), overlong UTF-8.
+Not covered (an upstream that needs them needs its own guard): case-insensitive upstreams (IIS,
+ASP.NET, Express: /ADMIN), format suffixes (Rails: /reports.json served as /reports).
 
-The hot path: a path with no "%", "\\", ";", "//", "/." and only ASCII is its own literal path and
-has no other reading; it costs a few substring tests more than matching did before.
+The hot path: a path of printable ASCII with no "%", "\\", ";", "#", "//", "/." is its own literal
+path and has no other reading; it costs a few substring tests more than matching did before.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -48,6 +53,9 @@ class MatchedRoute:
 
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_OVERLONG = re.compile(rb"[\xc0\xc1]")  # only ever lead bytes of overlong forms ("%c0%ae" = ".")
+MORE_DECODINGS = 3  # how many further decodings a proxy chain is assumed to apply at most
 
 
 def _matches(route: Route, path: str, method: str) -> bool:
@@ -57,7 +65,8 @@ def _matches(route: Route, path: str, method: str) -> bool:
     if pattern.endswith("*"):
         base = pattern[:-1]  # "/reports/"
         return path.startswith(base) or path == base.rstrip("/")
-    return path == pattern
+    # "/admin/" too: Express, Spring and Werkzeug serve it with the "/admin" handler
+    return path == pattern or (path[:-1] == pattern and path[-1:] == "/")
 
 
 def _refuse(why: str) -> Refusal:
@@ -69,15 +78,20 @@ def decode_path(raw: str) -> str:
     they can never equal a configured route). Raises Refusal 400 for a path the rule refuses."""
     if not raw.startswith("/"):
         raise _refuse("must start with '/'")
+    if "#" in raw:
+        raise _refuse("must not contain a fragment ('#')")
     if _BAD_ESCAPE.search(raw):
         raise _refuse("has invalid percent-encoding")
     try:
         data = unquote_to_bytes(raw.encode("latin-1"))
     except UnicodeEncodeError:
         raise _refuse("is not latin-1 bytes") from None
-    if b"\x00" in data:
-        raise _refuse("contains NUL")
-    return data.decode("utf-8", "surrogateescape")
+    if _OVERLONG.search(data):
+        raise _refuse("contains an overlong UTF-8 form")
+    literal = data.decode("utf-8", "surrogateescape")
+    if _CONTROL.search(literal) or _CONTROL.search(raw):
+        raise _refuse("contains a control character")
+    return literal
 
 
 def _resolve(segments: list[str], merge: bool) -> str:
@@ -118,8 +132,14 @@ def readings(raw: str, literal: str) -> set[str]:
     splits = _splits(literal)  # decoded first: an encoded "/" splits too (nginx)
     # RFC 3986: split the raw path, then decode each segment ("/" inside one is no separator)
     splits += [[_unquote(s) for s in segments] for segments in _splits(raw)]
-    if "%" in literal:  # an upstream, or a chain of proxies, that decodes twice
-        splits += _splits(unquote(literal, errors="surrogateescape"))
+    again = literal
+    for _ in range(MORE_DECODINGS):  # an upstream, or a chain of proxies, that decodes again
+        if "%" not in again:
+            break
+        again = unquote(again, errors="surrogateescape")
+        splits += _splits(again)
+    if not literal.isascii():
+        splits += _splits(unicodedata.normalize("NFKC", literal))
     return {_resolve(segments, merge) for segments in splits for merge in (True, False)}
 
 
@@ -134,9 +154,10 @@ class Router:
     def match(self, path: str, method: str) -> MatchedRoute:
         """The route for a raw request path (percent-encoded, as sent); Refusal 400 when the
         path is malformed or an upstream could serve it under another route."""
-        if not (path.startswith("/") and path.isascii() and "%" not in path  # the hot path:
-                and "//" not in path and "/." not in path and "\\" not in path  # plain paths,
-                and ";" not in path):  # substring tests (a regex costs ~5x more here)
+        # The hot path: plain paths, by substring tests (a regex costs ~5x more here).
+        if not (path.startswith("/") and path.isascii() and path.isprintable()
+                and "%" not in path and "//" not in path and "/." not in path
+                and "\\" not in path and ";" not in path and "#" not in path):
             return self._judge(path, method)
         for route, matched in self._routes:
             if _matches(route, path, method):

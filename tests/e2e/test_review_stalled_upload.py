@@ -6,7 +6,8 @@ bound while it relays the request body (aiohttp's sock_read/upstream_timeout_s o
 upstream's answer), so the exchange holds one of the POOL_SIZE upstream connections. On an
 ``auth: none`` route that needs no token: POOL_SIZE (1,024) idle sockets starve every other
 client of that upstream (504 after POOL_WAIT_S). Shown here with the pool patched down to 2 and
-upstream_timeout_s and the head bound at 1 s: two stalled uploads still starve a third request 3 s later. Expected:
+upstream_timeout_s and the head bound at 1 s: two stalled uploads still starve a third request
+3 s later. Expected:
 a body that makes no progress for a bounded time ends the exchange (e.g. 408 / connection closed,
 as nginx's client_body_timeout), freeing the pool.
 """

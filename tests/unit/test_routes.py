@@ -72,6 +72,9 @@ def refused(raw: str, method: str = "GET") -> Refusal:
     "/public/%252e%252e%252fadmin/x",
     "/public%252f..%252fadmin/x",
     "/x/../exact",                  # to an exact route
+    "/exact/.",                     # reads as "/exact/", which the exact route covers
+    "/public/%25252e%25252e/admin/x",  # decoded three times
+    "/public/%ef%bc%8e%ef%bc%8e/admin/x",  # fullwidth dots, NFKC-normalised by some upstreams
 ])
 def test_a_path_that_reads_as_another_route_is_refused(raw):
     assert "another route" in refused(raw).description
@@ -87,6 +90,11 @@ def test_a_path_that_reads_as_another_route_is_refused(raw):
     "/public/%4",
     "/public/%",
     "/caf\u0113",                   # not latin-1: never a raw byte string
+    "/admin#x",                     # a fragment: nginx's $request_uri keeps it, upstreams drop it
+    "/public/..%09/admin",          # control characters, encoded or raw
+    "/public/%09../admin",
+    "/public/\t../admin",
+    "/public/%c0%ae%c0%ae/admin",   # overlong UTF-8 "."
 ])
 def test_malformed_paths_are_refused(raw):
     refused(raw)
@@ -104,8 +112,7 @@ def test_malformed_paths_are_refused(raw):
     ("/files/100%25", DEFAULT),     # an encoded "%" that decodes to nothing routable
     ("/.well-known/x", DEFAULT),
     ("/exact", 2),
-    ("/exact/", DEFAULT),
-    ("/exact/.", DEFAULT),
+    ("/exact/", 2),                 # frameworks serve "/exact/" with the "/exact" handler
     ("/caf%C3%A9/x", 3),            # UTF-8, encoded
     ("/caf\xc3\xa9/x", 3),          # UTF-8, raw bytes as the proxy hands them (latin-1 str)
     ("/caf%E9/x", DEFAULT),         # not UTF-8: never equal to a configured route

@@ -31,7 +31,6 @@ async def _read_token(rg) -> str:
     return token
 
 
-@pytest.mark.xfail(strict=True, reason="review: '#' in the forward-auth URI is judged as path")
 @pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
 @pytest.mark.parametrize("target", ["/admin#x", "/admin#"])
 async def test_nginx_recipe_fragment_does_not_skip_route_scope(start_gateway, upstream,
@@ -54,7 +53,6 @@ async def test_nginx_recipe_fragment_does_not_skip_route_scope(start_gateway, up
     assert r.status in (400, 403), (r.status, r.body[:200])
 
 
-@pytest.mark.xfail(strict=True, reason="review: '#' in the forward-auth URI is judged as path")
 @pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
 @pytest.mark.parametrize("header", ["X-Forwarded-Uri", "X-Original-URI"])
 async def test_authorize_fragment_in_uri_header(start_gateway, http, header):
@@ -66,7 +64,6 @@ async def test_authorize_fragment_in_uri_header(start_gateway, http, header):
     assert r.status_code in (400, 403), r.status_code
 
 
-@pytest.mark.xfail(strict=True, reason="review: '#' in the forward-auth URI is judged as path")
 @pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
 async def test_nginx_recipe_fragment_reaches_protected_area_without_token(start_gateway, upstream,
                                                                           tmp_path):

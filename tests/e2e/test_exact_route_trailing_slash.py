@@ -19,7 +19,6 @@ from tests.e2e.edge import raw_request
 ROUTES = [{"path": "/admin", "scopes": ["admin"]}]
 
 
-@pytest.mark.xfail(strict=True, reason="review: exact routes do not cover the trailing slash")
 @pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
 @pytest.mark.parametrize("target", ["/admin/", "/admin/."])
 async def test_exact_route_scope_covers_trailing_slash(start_gateway, target):
