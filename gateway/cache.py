@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gateway.config import RateLimit
 from gateway.store import Revoked, TokenRecord
@@ -339,7 +339,7 @@ class TokenCache:
         cached = self.local.get(key)
         if cached is not MISS:
             hit("local")
-            return cached  # type: ignore[no-any-return]
+            return cast("TokenRecord | None", cached)
         changes, version = self._changes, None
         asked = self.local.clock()
         found = await self.shared.get(key)
@@ -349,7 +349,7 @@ class TokenCache:
                 hit("shared")
                 if self._changes == changes:  # the copy dies when the Redis entry does
                     self.local.put(key, cached, asked + left_s)
-                return cached  # type: ignore[no-any-return]
+                return cast("TokenRecord | None", cached)
         hit("store")
         started = self.local.clock()
         record = await load(key)

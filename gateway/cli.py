@@ -38,7 +38,7 @@ _OPTION_FOR = {"scopes": "--scope", "expires_in": "--expires-in", "rate_limit": 
                "older_than": "--older-than", "limit": "--limit"}
 
 
-class _ValueType(click.ParamType):
+class _ValueType(click.ParamType[Any]):
     def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
         self.name = name
         self._parse = parse

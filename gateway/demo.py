@@ -13,10 +13,11 @@ import uvicorn
 from gateway.app import Gateway
 from gateway.authority import Actor
 from gateway.config import load_settings
+from gateway.proxy import Receive, Scope, Send
 from gateway.server import run
 
 
-async def echo_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with what it was sent: method, path and the headers the gateway injected."""
     if scope["type"] != "http":
         return

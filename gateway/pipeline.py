@@ -44,10 +44,10 @@ from gateway import tokens
 from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
-from gateway.config import IdentityHeaders, Settings
+from gateway.config import IdentityHeaders, RateLimit, Settings
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.ratelimit import LimitResult, Limits, RateLimiter
+from gateway.ratelimit import LimitResult, RateLimiter
 from gateway.responses import rate_limit_headers, render_refusal
 from gateway.routes import MatchedRoute, Router
 from gateway.store import TokenRecord, TokenStore
@@ -294,7 +294,7 @@ class Pipeline:
 
     async def _limit(self, record: TokenRecord, route: MatchedRoute,
                      ip: str | None) -> LimitResult | None:
-        limits: Limits = []
+        limits: list[tuple[str, RateLimit]] = []
         own = record.rate_limit or self.settings.default_rate_limit
         if own is not None:
             limits.append((f"t:{record.id}", own))

@@ -153,7 +153,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app, listen: str, loop: str) -> uvicorn.Config:  # type: ignore[no-untyped-def]
+def _config(app: Callable[..., Awaitable[None]], listen: str, loop: str) -> uvicorn.Config:
     host, port = split_hostport(listen)
     return uvicorn.Config(app, host=host, port=port, lifespan="off", loop=loop, interface="asgi3",
                           http=BoundedHttpToolsProtocol, log_level="warning", access_log=False,

@@ -40,7 +40,8 @@ class AdminServices(Protocol):
 
 
 def services_of(request: Request) -> AdminServices:
-    return request.app.state.services  # type: ignore[no-any-return]
+    services: AdminServices = request.app.state.services
+    return services
 
 
 def settings(request: Request) -> Settings:

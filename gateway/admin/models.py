@@ -106,13 +106,18 @@ class TokenCreate(_Body):
     metadata: Metadata | None = None
 
 
+# The default of a field that may be left out but not sent as null (its type has no None):
+# only fields sent are applied (``model_fields_set``), so it is never read.
+_ABSENT: Any = None
+
+
 class TokenUpdate(_Body):
     """Only the fields sent change. null means "the default" for rate_limit and "never" for
     expires_at; name, scopes and metadata cannot be null."""
-    name: Text = Field(default=None)
-    scopes: list[Scope] = Field(default=None, max_length=64)
+    name: Text = Field(default=_ABSENT)
+    scopes: list[Scope] = Field(default=_ABSENT, max_length=64)
     rate_limit: RateText | RateLimitIn | None = None
-    metadata: Metadata = Field(default=None)
+    metadata: Metadata = Field(default=_ABSENT)
     expires_at: UtcDatetime | None = None
 
 
