@@ -1,26 +1,39 @@
-"""Forwarding: header rules, streaming both ways, upstream failures -> 502/504.
+"""The proxy listener: ``ProxyApp`` (judge, then forward) over a ``Forwarder``.
 
-The forwarding client is aiohttp's, chosen by measurement (README, "Forwarding client"): httpx's
-default transport forwarded ~10x slower here. It sits behind the small ``Forwarder`` surface,
-with one pooled session per upstream: at most ``POOL_SIZE`` connections, and a request waits at
-most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once: the
+    ProxyApp(pipeline, forwarder, metrics)   the pure-ASGI app of the proxy listener
+    Forwarder                                start / close / forward: the forwarding client
+    open_forwarder(settings, upstreams, m)   the one the ``forwarder`` setting names (FORWARDERS)
+    HeaderRules, request_id_of, ...          what every forwarder shares (SPEC §6)
+
+Forwarders: ``aiohttp`` (the default, chosen by measurement: README, "Forwarding client") here,
+``httpx`` (HTTP/2 to TLS upstreams that offer it) in ``gateway.forward_httpx``, imported only when
+chosen. Each keeps one pool per upstream: at most ``POOL_SIZE`` connections, and a request waits
+at most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once: the
 upstream connection is closed, never read to the end nor pooled half-read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
 
 from gateway.config import Settings
+from gateway.errors import Refusal
 from gateway.metrics import Metrics
-from gateway.pipeline import Decision, identity_headers
+from gateway.pipeline import (
+    Decision,
+    Pipeline,
+    identity_headers,
+    rate_limit_headers,
+    render_refusal,
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -40,7 +53,10 @@ _NOT_OURS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 class UpstreamError(Exception):
+    """The request was admitted but could not be forwarded (nothing sent to the client yet)."""
+
     def __init__(self, status: int, reason: str, description: str) -> None:
+        super().__init__(description)
         self.status, self.reason, self.description = status, reason, description
 
 
@@ -104,8 +120,8 @@ class HeaderRules:
         return out
 
     @staticmethod
-    def response(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
-        headers = [(n.lower(), v) for n, v in raw]  # aiohttp keeps the upstream's case
+    def response(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        headers = [(n.lower(), v) for n, v in raw]  # clients keep the upstream's case
         named = _connection_named(headers)
         return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
 
@@ -113,7 +129,7 @@ class HeaderRules:
 def request_id_of(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 200:
-            return value
+            return bytes(value)
     return os.urandom(16).hex().encode()  # as unique as uuid4, at a fraction of the cost
 
 
@@ -276,3 +292,91 @@ class AiohttpForwarder:
             raise
         finally:
             response.release()
+
+
+# --- the forwarder surface and the proxy app ----------------------------------------------
+
+
+class Forwarder(Protocol):
+    """A forwarding client: one pool per upstream, opened by ``start`` and closed by ``close``."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
+                      extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
+        """Send the request upstream and stream the answer back, adding ``extra_headers`` to
+        the response. Raises UpstreamError before anything was sent to the client; returns
+        quietly when the client goes away."""
+
+
+# The ``forwarder`` setting's values (gateway.config.FORWARDERS names the same keys).
+FORWARDERS: dict[str, Callable[[Settings, set[str], Metrics], Forwarder]] = {
+    "aiohttp": AiohttpForwarder,
+}
+
+
+def open_forwarder(settings: Settings, upstreams: set[str], metrics: Metrics) -> Forwarder:
+    """The forwarder the ``forwarder`` setting names, not yet started."""
+    return FORWARDERS[getattr(settings, "forwarder", "aiohttp")](settings, upstreams, metrics)
+
+
+class ProxyApp:
+    """The proxy listener's ASGI app: judge each request with the pipeline, then forward it.
+
+    A refusal is answered as ``render_refusal`` says, an upstream failure as a JSON error
+    (400/502/504), both with the request id; an admitted request goes to the forwarder with
+    the rate-limit headers and the request id added to the response. The path judged is the
+    raw one as sent (``raw_path``), the client address the pipeline's (``trusted_proxies``).
+    Every request counts one outcome and its duration. WebSockets are closed (1008).
+    """
+
+    __slots__ = ("_forwarder", "_metrics", "_pipeline")
+
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: Metrics) -> None:
+        self._pipeline = pipeline
+        self._forwarder = forwarder
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        client = scope.get("client")
+        try:
+            raw_path = scope.get("raw_path")
+            path = raw_path.decode("latin-1") if raw_path else scope["path"]
+            ip = self._pipeline.client_address(client[0] if client else None, scope["headers"])
+            decision = await self._pipeline.decide(scope["method"], path, scope["headers"], ip)
+        except Refusal as refusal:
+            status, headers, body = render_refusal(refusal)
+            await _send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
+            self._observe(refusal.reason, started)
+            return
+        extra = rate_limit_headers(decision.limit) if decision.limit else []
+        extra.append((b"x-request-id", request_id))
+        try:
+            await self._forwarder.forward(scope, receive, send, decision, extra, request_id)
+        except UpstreamError as e:
+            await _send_json(send, e.status, {"error": e.reason, "error_description":
+                                              e.description}, [(b"x-request-id", request_id)])
+            self._observe(e.reason, started)
+            return
+        self._observe("ok", started)
+
+    def _observe(self, outcome: Any, started: float) -> None:
+        self._metrics.outcome[outcome].inc()
+        self._metrics.request_seconds.observe(time.perf_counter() - started)
+
+
+async def _send_json(send: Send, status: int, body: dict[str, str],
+                     headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        *headers]})
+    await send({"type": "http.response.body", "body": payload})
