@@ -37,6 +37,10 @@ class TokenRecord:
     rotated_from: str | None = None
     grace_until: datetime | None = None  # set once the token has been rotated out
     seq: int = field(default=0, compare=False)  # store position, for cursors
+    # An imported token (SPEC §10): how its source system hashed it (sanctum | sha256 | bcrypt)
+    # and that hash; None for authgate's own tokens.
+    legacy_kind: str | None = None
+    legacy_hash: str | None = None
 
     def is_revoked(self, now: datetime) -> bool:
         return self.revoked_at is not None and self.revoked_at <= now
@@ -120,6 +124,26 @@ class Usage:
     last_used_ip: str | None
     per_day: dict[date, int] = field(default_factory=dict)
     ips: dict[str, list[Any]] = field(default_factory=dict)  # ip -> [last seen, count]
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyImport:
+    """One imported token: its record, plus for a bcrypt token the prefix it carries and the
+    candidate key the gateway looks it up by until its first match."""
+    record: TokenRecord
+    prefix: str | None = None
+    key: str | None = None
+
+
+class LegacyStore(Protocol):
+    """What imports and the legacy verifier need beyond TokenStore (gateway/imports/)."""
+    async def import_tokens(self, kind: str, tokens: Sequence[LegacyImport],
+                            event: Event) -> tuple[int, int]: ...
+    async def legacy_prefixes(self) -> list[str]: ...
+    async def legacy_candidates(self, keys: Sequence[str], now: datetime,
+                                limit: int) -> list[TokenRecord]: ...
+    async def legacy_rehash(self, token_id: str, token_hash: str) -> TokenRecord | None: ...
+    async def get_by_hash(self, token_hash: str) -> TokenRecord | None: ...
 
 
 class TokenStore(Protocol):

@@ -115,3 +115,21 @@ ON CONFLICT (token_id, ip) DO UPDATE SET
 -- name: recent_ips
 SELECT ip, last_seen_at, count FROM token_usage_ips WHERE token_id = $1
 ORDER BY last_seen_at DESC, ip LIMIT $2
+
+-- name: insert_legacy_token
+INSERT INTO tokens (id, token_hash, hint, subject, name, scopes, family, metadata, created_at,
+                    expires_at, last_used_at, legacy_kind, legacy_hash, legacy_prefix,
+                    legacy_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+
+-- name: legacy_hashes
+SELECT legacy_hash FROM tokens WHERE legacy_kind = $1
+
+-- name: legacy_prefixes
+-- Prefixes that still have bcrypt tokens waiting for their first match.
+SELECT DISTINCT legacy_prefix FROM tokens WHERE legacy_key IS NOT NULL
+
+-- name: legacy_rehash
+-- A bcrypt token's first match: from now on it is found by authgate's keyed hash. Of two
+-- concurrent first matches one updates, the other finds legacy_key already cleared.
+UPDATE tokens SET token_hash = $2, legacy_key = NULL WHERE id = $1 AND legacy_key IS NOT NULL

@@ -19,6 +19,7 @@ from gateway.config import RateLimit
 from gateway.store.base import (
     Event,
     EventFilter,
+    LegacyImport,
     Revoked,
     Stats,
     TokenFilter,
@@ -119,7 +120,16 @@ def _record(row: Row) -> TokenRecord:
         usage_count=row["usage_count"], revoked_at=_time(row["revoked_at"]),
         revoked_reason=row["revoked_reason"], rotated_from=row["rotated_from"],
         grace_until=_time(row["grace_until"]), seq=row["seq"],
+        legacy_kind=_optional(row, "legacy_kind"), legacy_hash=_optional(row, "legacy_hash"),
     )
+
+
+def _optional(row: Row, column: str) -> Any:
+    """A column a store migrated before 003 lacks (asyncpg: KeyError, sqlite3: IndexError)."""
+    try:
+        return row[column]
+    except (KeyError, IndexError):
+        return None
 
 
 def _event(row: Row) -> Event:
@@ -366,3 +376,42 @@ class SqlStore:
             conds.append(f"id < {p(before_id)}")
         sql = f"SELECT * FROM token_events{_where(conds)} ORDER BY id DESC LIMIT {p(limit)}"
         return [_event(r) for r in await self.driver.fetch(sql, *p.values)]
+
+    # --- imported tokens (SPEC §10) ----------------------------------------------------------
+
+    async def import_tokens(self, kind: str, tokens: Sequence[LegacyImport],
+                            event: Event) -> tuple[int, int]:
+        """Insert the tokens whose source hash is not imported yet, and one event with the
+        counts, in one transaction: (imported, skipped)."""
+        async with self.driver.transaction() as tx:
+            known = {r["legacy_hash"] for r in await tx.fetch(Q("legacy_hashes"), kind)}
+            new = [t for t in tokens if t.record.legacy_hash not in known]
+            await tx.executemany(Q("insert_legacy_token"), [
+                (r.id, r.token_hash, r.hint, r.subject, r.name, list(r.scopes), r.family,
+                 dict(r.metadata), r.created_at, r.expires_at, r.last_used_at, r.legacy_kind,
+                 r.legacy_hash, t.prefix, t.key)
+                for t in new for r in (t.record,)])
+            skipped = len(tokens) - len(new)
+            await tx.execute(Q("insert_event"), *_event_row(
+                event.with_details(imported=len(new), skipped=skipped)))
+            return len(new), skipped
+
+    async def legacy_prefixes(self) -> list[str]:
+        return [r["legacy_prefix"] for r in await self.driver.fetch(Q("legacy_prefixes"))]
+
+    async def legacy_candidates(self, keys: Sequence[str], now: datetime,
+                                limit: int) -> list[TokenRecord]:
+        """Bcrypt tokens not yet matched whose candidate key is one of ``keys`` (an indexed
+        IN list), not revoked, oldest first, at most ``limit``."""
+        p = _Params()
+        listed = ", ".join(p(k) for k in keys)
+        sql = (f"SELECT * FROM tokens WHERE legacy_key IN ({listed}) "
+               f"AND (revoked_at IS NULL OR revoked_at > {p(now)}) ORDER BY seq LIMIT {p(limit)}")
+        return [_record(r) for r in await self.driver.fetch(sql, *p.values)]
+
+    async def legacy_rehash(self, token_id: str, token_hash: str) -> TokenRecord | None:
+        """Re-store a matched bcrypt token under authgate's keyed hash; the record as stored."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(Q("legacy_rehash"), token_id, token_hash)
+            row = await tx.fetchrow(Q("get_token"), token_id)
+            return _record(row) if row else None
