@@ -84,7 +84,7 @@ async def test_a_failing_import_writes_nothing(store: SqlStore) -> None:
     items = [sanctum_item(1, "a" * 40), sanctum_item(1, "a" * 40)]
     items[1] = LegacyImport(TokenRecord(**{**_fields(items[1].record), "id": "tok_other",
                                            "legacy_hash": "f" * 64}))
-    with pytest.raises(Exception):  # noqa: B017 - the driver's own unique violation
+    with pytest.raises(Exception):
         await run_import(store, "sanctum", items, "x", "cli:t")
     assert await store.get_token("tok_s1") is None
     assert await store.list_events(EventFilter(type="tokens_imported"), 10) == []
