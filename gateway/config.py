@@ -100,6 +100,8 @@ Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 _HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+# The forwarding clients (gateway.proxy.FORWARDERS builds them).
+FORWARDERS = ("aiohttp", "httpx")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 
 
@@ -183,6 +185,7 @@ class Settings(_Strict):
     default_rate_limit: OptionalRateLimit = RateLimit(1000, 60)
     local_cache_ttl_s: Seconds = 5.0
     upstream_timeout_s: Seconds = 30.0
+    forwarder: str = "aiohttp"
     usage_flush_interval_s: Seconds = 1.0
     failed_auth_limit: OptionalRateLimit = RateLimit(60, 60)
     api_key_header: str | None = None
@@ -210,6 +213,13 @@ class Settings(_Strict):
     def _cache(cls, v: str) -> str:
         if not re.match(r"(memory://|rediss?://.+|redis\+cluster://.+)$", v):
             raise ValueError("must be memory:// or redis://host:6379/0")
+        return v
+
+    @field_validator("forwarder")
+    @classmethod
+    def _forwarder(cls, v: str) -> str:
+        if v not in FORWARDERS:
+            raise ValueError(f"{v!r} is not a forwarder: must be one of {', '.join(FORWARDERS)}")
         return v
 
     @field_validator("token_prefix")
@@ -301,7 +311,7 @@ def _file_layer(path: str) -> dict[str, Any]:
     return data
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "config"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":

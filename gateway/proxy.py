@@ -15,7 +15,6 @@ upstream connection is closed, never read to the end nor pooled half-read.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -24,16 +23,15 @@ from typing import Any, Protocol
 import aiohttp
 from yarl import URL
 
+from gateway import responses
 from gateway.config import Settings
-from gateway.errors import Refusal
+from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
-from gateway.pipeline import (
-    Decision,
-    Pipeline,
-    identity_headers,
-    rate_limit_headers,
-    render_refusal,
-)
+from gateway.pipeline import Decision, Pipeline, identity_headers
+from gateway.responses import rate_limit_headers
+
+__all__ = ["FORWARDERS", "ON_DISCONNECT", "AiohttpForwarder", "Forwarder", "HeaderRules",
+           "ProxyApp", "UpstreamError", "open_forwarder", "request_id_of"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -50,14 +48,6 @@ POOL_WAIT_S = 5.0  # longest wait for a pooled connection, TCP connect included 
 ON_DISCONNECT = "authgate.on_disconnect"
 # aiohttp adds these when the request lacks them; SPEC §6: forward the client's headers only.
 _NOT_OURS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
-
-class UpstreamError(Exception):
-    """The request was admitted but could not be forwarded (nothing sent to the client yet)."""
-
-    def __init__(self, status: int, reason: str, description: str) -> None:
-        super().__init__(description)
-        self.status, self.reason, self.description = status, reason, description
 
 
 def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -311,15 +301,22 @@ class Forwarder(Protocol):
         quietly when the client goes away."""
 
 
+def _httpx(settings: Settings, upstreams: set[str], metrics: Metrics) -> Forwarder:
+    from gateway.forward_httpx import HttpxForwarder  # httpx + h2 imported only when chosen
+
+    return HttpxForwarder(settings, upstreams, metrics)
+
+
 # The ``forwarder`` setting's values (gateway.config.FORWARDERS names the same keys).
 FORWARDERS: dict[str, Callable[[Settings, set[str], Metrics], Forwarder]] = {
     "aiohttp": AiohttpForwarder,
+    "httpx": _httpx,
 }
 
 
 def open_forwarder(settings: Settings, upstreams: set[str], metrics: Metrics) -> Forwarder:
     """The forwarder the ``forwarder`` setting names, not yet started."""
-    return FORWARDERS[getattr(settings, "forwarder", "aiohttp")](settings, upstreams, metrics)
+    return FORWARDERS[settings.forwarder](settings, upstreams, metrics)
 
 
 class ProxyApp:
@@ -353,8 +350,8 @@ class ProxyApp:
             ip = self._pipeline.client_address(client[0] if client else None, scope["headers"])
             decision = await self._pipeline.decide(scope["method"], path, scope["headers"], ip)
         except Refusal as refusal:
-            status, headers, body = render_refusal(refusal)
-            await _send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
+            status, headers, body = responses.refusal(refusal)
+            await responses.send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
             self._observe(refusal.reason, started)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
@@ -362,21 +359,12 @@ class ProxyApp:
         try:
             await self._forwarder.forward(scope, receive, send, decision, extra, request_id)
         except UpstreamError as e:
-            await _send_json(send, e.status, {"error": e.reason, "error_description":
-                                              e.description}, [(b"x-request-id", request_id)])
+            status, body = responses.upstream_error(e)
+            await responses.send_json(send, status, body, [(b"x-request-id", request_id)])
             self._observe(e.reason, started)
             return
         self._observe("ok", started)
 
-    def _observe(self, outcome: Any, started: float) -> None:
+    def _observe(self, outcome: Outcome, started: float) -> None:
         self._metrics.outcome[outcome].inc()
         self._metrics.request_seconds.observe(time.perf_counter() - started)
-
-
-async def _send_json(send: Send, status: int, body: dict[str, str],
-                     headers: list[tuple[bytes, bytes]]) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        *headers]})
-    await send({"type": "http.response.body", "body": payload})
