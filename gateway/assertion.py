@@ -14,12 +14,18 @@ A rotation commits a key with ``active_from = now + PUBLISH_DELAY_S``. A replica
 it has read, and signs with the newest key whose ``active_from`` has passed on its own clock.
 Every replica re-reads the set at most REFRESH_S (+ one query) after the commit, so every JWKS
 lists the key by commit + 5 s, while the first replica to sign with it does so no earlier than
-commit + 15 s - SKEW_S = commit + 10 s: no replica signs with a key that some replica's JWKS
-does not list yet. The switch is read off each replica's clock, not off its refresh, so every
-replica signs with the new key by commit + 15 s + SKEW_S = 20 s (< 30 s). The previous key stays
-listed until the new one's ``active_from`` + ttl_s + SKEW_S: a replica whose clock lags by up to
-SKEW_S signs its last assertion with it at ``active_from`` + SKEW_S, and that one expires ttl_s
-later. A replica that cannot read the store keeps the set it has (and says so once in the log).
+commit + 20 s - SKEW_S = commit + 15 s: no replica signs with a key that some replica's JWKS
+does not list yet (10 s to spare for a slow store). The switch is read off each replica's clock,
+not off its refresh, so every replica signs with the new key by commit + 20 s + SKEW_S = 25 s
+(< 30 s). The previous key stays listed until the new one's ``active_from`` + ttl_s + SKEW_S: a
+replica whose clock lags by up to SKEW_S signs its last assertion with it at ``active_from`` +
+SKEW_S, and that one expires ttl_s later. A replica that cannot read the store keeps the set it
+has (and says so once in the log).
+
+Upstream caches: a JOSE client refetches the JWKS on an unknown kid, but PyJWT's PyJWKClient and
+node's jose wait 30 s after their last fetch before doing so (``cooldown_duration``); one that
+fetched in the ~20 s before the new key appeared refuses the new key until that wait ends.
+Upstreams should set that wait to 10 s or less (the key is listed 15 s before it signs).
 """
 
 from __future__ import annotations
@@ -54,12 +60,12 @@ log = logging.getLogger("authgate.assertion")
 ISSUER = "authgate"
 JWKS_PATH = "/.well-known/jwks.json"
 REFRESH_S = 5.0          # how often a replica re-reads the key set
-PUBLISH_DELAY_S = 15.0   # a new key is listed this long before anyone signs with it
+PUBLISH_DELAY_S = 20.0   # a new key is listed this long before anyone signs with it
 SKEW_S = 5.0             # clock disagreement between replicas tolerated
 RETAIN_S = 86400.0       # a retired key's row is dropped (at a rotation) this long after
 # A cache that honours max-age still refreshes before a published key starts signing
 # (PUBLISH_DELAY_S - REFRESH_S - SKEW_S); JOSE libraries also refetch on an unknown kid.
-JWKS_MAX_AGE_S = 5
+JWKS_MAX_AGE_S = 10
 
 Clock = Callable[[], float]  # seconds since the epoch
 Scope = MutableMapping[str, Any]
