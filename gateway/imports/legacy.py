@@ -11,8 +11,10 @@ Costs, per presented string:
 - bcrypt: one keyed hash and one cache lookup (a token already matched once is found here); on a
   miss, at most ``max_candidates`` bcrypt checks, in a worker thread, once per presented string
   per ``negative_ttl_s`` (refusals are remembered in a bounded negative cache, and concurrent
-  presentations of one string share one check). A match re-stores the token under authgate's
-  keyed hash, so each token pays bcrypt once.
+  presentations of one string share one check), at most ``max_concurrent`` threads at once. A
+  match re-stores the token under authgate's keyed hash, so each token pays bcrypt once. The
+  pipeline charges every refusal to the client's ``failed_auth_limit``, so one address gets at
+  most that many refusals, each at most ``max_candidates`` checks, per window.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class LegacyVerifier:
                  lookup: Lookup | None = None, forget: Forget | None = None,
                  clock: Callable[[], datetime] = _utcnow,
                  max_candidates: int = MAX_CANDIDATES, negative_ttl_s: float = 60.0,
-                 negative_max: int = 10_000, refresh_s: float = 30.0) -> None:
+                 negative_max: int = 10_000, refresh_s: float = 30.0,
+                 max_concurrent: int = 2) -> None:
         """``lookup``: token_hash -> record through the token cache (default: the store);
         ``forget``: drops cache entries for a re-stored bcrypt token (the pipeline's cache
         invalidation), so a cached "unknown" for its new hash does not outlive the match."""
@@ -97,6 +100,9 @@ class LegacyVerifier:
         self._refused: OrderedDict[str, float] = OrderedDict()  # keyed hash -> expiry
         self._inflight: dict[str, asyncio.Future[TokenRecord | None]] = {}
         self.bcrypt_checks = 0  # bcrypt comparisons made (for tests and metrics)
+        # bcrypt threads at once: the rest wait, so refused bcrypt tokens cannot take every
+        # worker thread (other to_thread users) or every core
+        self._threads = asyncio.Semaphore(max_concurrent)
 
     async def start(self) -> None:
         """Load the bcrypt prefixes now rather than on the first presented token."""
@@ -193,8 +199,10 @@ class LegacyVerifier:
         candidates = await self.store.legacy_candidates(keys, self.clock(), self.max_candidates)
         hashes = [(c.legacy_hash or "").encode("ascii") for c in candidates]
         secret = presented.encode("ascii")[:BCRYPT_MAX_BYTES]
-        index, checks = (await asyncio.to_thread(_first_match, secret, hashes) if hashes
-                         else (None, 0))
+        index, checks = None, 0
+        if hashes:
+            async with self._threads:
+                index, checks = await asyncio.to_thread(_first_match, secret, hashes)
         self.bcrypt_checks += checks
         if index is None:
             self._remember_refused(keyed)

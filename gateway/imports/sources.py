@@ -182,4 +182,5 @@ async def run_import(store: LegacyStore, kind: str, items: Sequence[LegacyImport
     """Import in one transaction with one ``tokens_imported`` event: (imported, skipped)."""
     event = Event(type="tokens_imported", actor=actor, at=now or datetime.now(UTC),
                   details={"kind": kind, "source": source})
-    return await store.import_tokens(kind, items, event)
+    return await store.import_tokens(kind, items, event,
+                                     MAX_CANDIDATES if kind == "bcrypt" else None)

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any, Protocol
 
 from gateway.config import RateLimit
+from gateway.errors import Refused
 from gateway.store.base import (
     Event,
     EventFilter,
@@ -379,10 +380,11 @@ class SqlStore:
 
     # --- imported tokens (SPEC §10) ----------------------------------------------------------
 
-    async def import_tokens(self, kind: str, tokens: Sequence[LegacyImport],
-                            event: Event) -> tuple[int, int]:
+    async def import_tokens(self, kind: str, tokens: Sequence[LegacyImport], event: Event,
+                            max_per_key: int | None = None) -> tuple[int, int]:
         """Insert the tokens whose source hash is not imported yet, and one event with the
-        counts, in one transaction: (imported, skipped)."""
+        counts, in one transaction: (imported, skipped). Refused (nothing written) when more
+        than ``max_per_key`` tokens would then wait under one candidate key."""
         async with self.driver.transaction() as tx:
             known = {r["legacy_hash"] for r in await tx.fetch(Q("legacy_hashes"), kind)}
             new = [t for t in tokens if t.record.legacy_hash not in known]
@@ -391,10 +393,27 @@ class SqlStore:
                  dict(r.metadata), r.created_at, r.expires_at, r.last_used_at, r.legacy_kind,
                  r.legacy_hash, t.prefix, t.key)
                 for t in new for r in (t.record,)])
+            if max_per_key is not None:
+                await self._check_keys(tx, sorted({t.key for t in new if t.key}), max_per_key)
             skipped = len(tokens) - len(new)
             await tx.execute(Q("insert_event"), *_event_row(
                 event.with_details(imported=len(new), skipped=skipped)))
             return len(new), skipped
+
+    @staticmethod
+    async def _check_keys(tx: Conn, keys: list[str], most: int) -> None:
+        for start in range(0, len(keys), 500):  # under both dialects' parameter limits
+            p = _Params()
+            listed = ", ".join(p(k) for k in keys[start:start + 500])
+            row = await tx.fetchrow(
+                f"SELECT legacy_key, COUNT(*) AS n FROM tokens WHERE legacy_key IN ({listed}) "
+                f"GROUP BY legacy_key HAVING COUNT(*) > {p(most)} LIMIT 1", *p.values)
+            if row is not None:
+                prefix, _, hint = row["legacy_key"].partition(" ")
+                raise Refused(
+                    f"{row['n']} bcrypt tokens with prefix {prefix!r} and hint {hint!r} would "
+                    f"wait for their first use; at most {most}, as each refused request pays "
+                    "one bcrypt check per such token: give each a longer \"hint\"")
 
     async def legacy_prefixes(self) -> list[str]:
         return [r["legacy_prefix"] for r in await self.driver.fetch(Q("legacy_prefixes"))]

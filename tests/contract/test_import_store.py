@@ -15,9 +15,10 @@ import bcrypt
 import pytest
 
 from gateway.authority import Actor, TokenAuthority
+from gateway.errors import Refused
 from gateway.imports.legacy import LegacyVerifier, check_kinds
-from gateway.imports.sources import read_jsonl, run_import, sanctum_key
-from gateway.store import EventFilter, LegacyImport, SqlStore, TokenRecord
+from gateway.imports.sources import SourceError, read_jsonl, run_import, sanctum_key
+from gateway.store import EventFilter, LegacyImport, SqlStore, TokenFilter, TokenRecord
 from gateway.tokens import hash_token
 
 PEPPER = "test-pepper"
@@ -230,3 +231,20 @@ def test_unknown_kind_named() -> None:
     assert check_kinds(["bcrypt", "sanctum", "bcrypt"]) == ("bcrypt", "sanctum")
     with pytest.raises(ValueError, match="'argon2'"):
         check_kinds(["sanctum", "argon2"])
+
+
+async def test_bcrypt_candidate_cap_holds_across_imports(store: SqlStore, tmp_path: Path) -> None:
+    def batch(name: str, start: int, n: int) -> str:
+        return write_lines(tmp_path / name, [
+            {"bcrypt": bcrypt_hash(f"mk_{i}"), "subject": "u", "name": "n", "scopes": []}
+            for i in range(start, start + n)])
+    first = batch("a.jsonl", 0, 6)
+    assert await run_import(store, "bcrypt", read_jsonl("bcrypt", first, "mk_"), "a",
+                            "cli:t") == (6, 0)
+    second = batch("b.jsonl", 6, 3)  # 9 unhinted under mk_: over the cap of 8
+    with pytest.raises(Refused, match="9 bcrypt tokens with prefix 'mk_'"):
+        await run_import(store, "bcrypt", read_jsonl("bcrypt", second, "mk_"), "b", "cli:t")
+    page = await store.list_tokens(TokenFilter(), NOW, 100)
+    assert len(page) == 6
+    with pytest.raises(SourceError, match="line 9: more than 8 tokens share prefix 'mk_'"):
+        read_jsonl("bcrypt", batch("c.jsonl", 20, 9), "mk_")
