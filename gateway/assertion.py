@@ -355,7 +355,7 @@ class Assertions:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except StoreUnavailable as e:
+            except (StoreUnavailable, ValueError) as e:  # ValueError: a corrupt key row
                 if not self._store_down:
                     log.warning("identity assertion: signing keys not re-read (%s); "
                                 "signing with the set read before", e)
