@@ -10,16 +10,25 @@ Below them: what those suites do not cover (HEAD, 204/304, exact targets, X-Forw
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import aiohttp.connector
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
-from gateway import app as app_module
-from gateway import proxy
+from gateway import config, proxy
 from gateway.authority import Actor
-from gateway.config import Settings
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
 from gateway.routes import MatchedRoute
@@ -40,16 +49,12 @@ def forwarder(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def start_gateway(start_gateway, forwarder, monkeypatch):  # type: ignore[no-untyped-def]
+def start_gateway(start_gateway, forwarder):  # type: ignore[no-untyped-def]
     """conftest's ``start_gateway`` with ``forwarder=`` set, checked to be the one serving."""
-    # Until the composition root builds its forwarder with open_forwarder, make it do so.
-    monkeypatch.setattr(app_module, "AiohttpForwarder", proxy.open_forwarder, raising=False)
 
     async def start(**overrides: Any) -> Any:
         rg = await start_gateway(**{"forwarder": forwarder, **overrides})
-        serving = getattr(rg.gateway, "forwarder", None)
-        if serving is not None:
-            assert type(serving).__name__ == FORWARDERS[forwarder]
+        assert type(rg.gateway.forwarder).__name__ == FORWARDERS[forwarder]
         return rg
 
     return start
@@ -209,3 +214,157 @@ async def test_forwarded_headers_and_hop_by_hop(start_gateway, raw_upstream):
     assert sent["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert sent["x-forwarded-proto"] == "http" and sent["x-forwarded-host"] == "gw.test"
     assert sent["host"] == raw_upstream.url.removeprefix("http://")
+
+
+# --- HTTP/2 to a TLS upstream that offers it ---------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, its own CA (trusted through SSL_CERT_FILE)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "authgate test upstream")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "up.pem", tmp_path / "up.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@dataclass
+class TlsUpstream:
+    """HTTPS, offering h2 and http/1.1 by ALPN; answers every request with what it saw as
+    JSON: the protocol, the method, the target, the headers and how many body bytes came."""
+
+    url: str = ""
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        try:
+            if ssl_object.selected_alpn_protocol() == "h2":
+                await self._h2(reader, writer)
+            else:
+                await self._http11(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, protocol: str, method: str, target: str, headers: list[tuple[str, str]],
+                received: int) -> bytes:
+        seen = {"protocol": protocol, "method": method, "target": target, "headers": headers,
+                "received": received}
+        self.seen.append(seen)
+        return json.dumps(seen).encode()
+
+    async def _http11(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        method, target, _ = line.split(" ", 2)
+        headers = [(n, v.strip()) for n, _, v in (h.partition(":") for h in lines)]
+        length = int(dict((n.lower(), v) for n, v in headers).get("content-length", "0"))
+        await reader.readexactly(length)
+        body = self._answer("http/1.1", method, target, headers, length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close"
+                     b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async def _h2(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                    header_encoding="latin-1"))
+        conn.initiate_connection()
+        streams: dict[int, tuple[list[tuple[str, str]], list[int]]] = {}
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    streams[event.stream_id] = (list(event.headers), [0])
+                elif isinstance(event, h2.events.DataReceived):
+                    streams[event.stream_id][1][0] += len(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length,
+                                                   event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    headers, received = streams.pop(event.stream_id)
+                    pseudo = dict(h for h in headers if h[0].startswith(":"))
+                    plain = [h for h in headers if not h[0].startswith(":")]
+                    body = self._answer("h2", pseudo[":method"], pseudo[":path"],
+                                        [("host", pseudo[":authority"]), *plain], received[0])
+                    conn.send_headers(event.stream_id, [
+                        (":status", "200"), ("content-type", "application/json"),
+                        ("content-length", str(len(body))), ("x-upstream", "h2")])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            writer.write(conn.data_to_send())
+            await writer.drain()
+
+
+@pytest.fixture
+async def tls_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                       ) -> AsyncIterator[TlsUpstream]:
+    cert_file, key_file = _self_signed(tmp_path)
+    # The forwarders' trust store: httpx's context is made at start (SSL_CERT_FILE is read
+    # then); aiohttp made its own at import.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", trusting)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_file, key_file)
+    tls.set_alpn_protocols(["h2", "http/1.1"])
+    up = TlsUpstream()
+    srv = await asyncio.start_server(up.handle, "127.0.0.1", 0, ssl=tls)
+    up.url = f"https://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    yield up
+    srv.close()
+    await srv.wait_closed()
+
+
+async def test_tls_upstreams_get_http2_from_httpx_and_the_same_request(start_gateway, forwarder,
+                                                                       tls_upstream, http):
+    rg = await start_gateway(upstream=tls_upstream.url)
+    record, secret = await rg.gateway.authority.create(ADMIN, subject="alice", name="ci",
+                                                       scopes=["read"])
+    auth = {"Authorization": f"Bearer {secret}", "X-Keep": "kept", "X-Auth-Subject": "spoof",
+            "X-Forwarded-For": "203.0.113.9"}
+    answers = await asyncio.gather(*(http.get(f"{rg.proxy}/a/{i}?q=%zz&i={i}", headers=auth)
+                                     for i in range(20)))
+    r = await http.post(f"{rg.proxy}/upload", headers=auth, content=b"u" * 100_000)
+    for i, a in enumerate([*answers, r]):
+        assert a.status_code == 200, a.text
+        seen = a.json()
+        assert seen["protocol"] == ("h2" if forwarder == "httpx" else "http/1.1")
+        assert seen["target"] == (f"/a/{i}?q=%zz&i={i}" if i < 20 else "/upload")
+        sent = {n.lower(): v for n, v in seen["headers"]}
+        assert sent["host"] == tls_upstream.url.removeprefix("https://")
+        assert sent["x-keep"] == "kept" and sent["x-auth-subject"] == "alice"
+        assert sent["x-auth-token-id"] == record.id and "authorization" not in sent
+        assert sent["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+        assert "connection" not in sent and "keep-alive" not in sent
+        assert sent["user-agent"] == a.request.headers["user-agent"]  # the client's, as sent
+        assert a.headers["x-request-id"] and a.headers["x-ratelimit-limit"] == "1000"
+    assert r.json()["received"] == 100_000
+
+
+# --- the setting ---------------------------------------------------------------------------
+
+
+def test_the_forwarder_setting_names_one_of_the_table() -> None:
+    assert load_settings(env={}).forwarder == "aiohttp"
+    assert load_settings(env={"AUTHGATE_FORWARDER": "httpx"}).forwarder == "httpx"
+    assert set(proxy.FORWARDERS) == set(config.FORWARDERS)
+    with pytest.raises(ConfigError) as bad:
+        load_settings(env={"AUTHGATE_FORWARDER": "curl"})
+    assert bad.value.problems == ["forwarder: 'curl' is not a forwarder: must be one of "
+                                  "aiohttp, httpx"]
