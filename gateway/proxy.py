@@ -5,11 +5,13 @@
     open_forwarder(settings, upstreams, m)   the one the ``forwarder`` setting names (FORWARDERS)
     HeaderRules, request_id_of, ...          what every forwarder shares (SPEC §6)
 
-Forwarders: ``aiohttp`` (the default, chosen by measurement: README, "Forwarding client") here,
-``httpx`` (HTTP/2 to TLS upstreams that offer it) in ``gateway.forward_httpx``, imported only when
-chosen. Each keeps one pool per upstream: at most ``POOL_SIZE`` connections, and a request waits
-at most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once: the
-upstream connection is closed, never read to the end nor pooled half-read.
+Forwarders: ``aiohttp`` (the default) here, ``httpx`` (HTTP/2 to TLS upstreams that offer it) in
+``gateway.forward_httpx``, imported only when chosen. aiohttp is the default by measurement
+(README, "Forwarding client"): over HTTP/1.1 one forward costs ~140 us with aiohttp and ~375 us
+with httpx's engine (pure-Python h11 and anyio); the gateway serves 4-7x fewer requests a second
+with httpx. Each keeps one pool per upstream: at most ``POOL_SIZE`` connections, and a request
+waits at most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once:
+the upstream connection is closed, never read to the end nor pooled half-read.
 """
 
 from __future__ import annotations
