@@ -21,8 +21,7 @@ from gateway import tokens
 from gateway.app import Gateway
 from gateway.authority import Actor
 from gateway.config import RateLimit, Settings
-from gateway.errors import StoreUnavailable
-from gateway.proxy import UpstreamError
+from gateway.errors import StoreUnavailable, UpstreamError
 from gateway.services import Services
 
 ACTOR = Actor("test")
