@@ -38,17 +38,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
-from urllib.parse import quote
 
 from gateway import tokens
 from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
-from gateway.config import IdentityHeaders, RateLimit, Settings
+from gateway.config import RateLimit, Settings
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, RateLimiter
-from gateway.responses import rate_limit_headers, render_refusal
+from gateway.responses import header_value, identity_headers, rate_limit_headers, render_refusal
 from gateway.routes import MatchedRoute, Router
 from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
@@ -58,7 +57,7 @@ log = logging.getLogger("authgate.pipeline")
 MAX_HEADER_BYTES = 32 * 1024
 MAX_BLOCKED = 10_000  # addresses remembered as blocked; the oldest is forgotten past it
 Headers = list[tuple[bytes, bytes]]
-# Re-exported: callers and tests that knew them here (the renderer lives in gateway.responses).
+# Re-exported: callers and tests that knew them here (they live in gateway.responses).
 __all__ = ["Decision", "Pipeline", "Refusal", "extract_credential", "header_value",
            "identity_headers", "rate_limit_headers", "render_refusal"]
 
@@ -68,32 +67,6 @@ class Decision:
     route: MatchedRoute
     record: TokenRecord | None = None  # None on an auth: none route
     limit: LimitResult | None = None
-
-
-# Printable ASCII except "%": what an identity value may carry as is (SPEC §6).
-_PLAIN = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-
-def header_value(value: str) -> str:
-    """An identity value as sent: printable ASCII as is; anything else, and ``%`` itself (so
-    that decoding is unambiguous), percent-encoded as UTF-8: ``Łukasz`` -> ``%C5%81ukasz``."""
-    if value.isascii() and value.isprintable() and "%" not in value:
-        return value
-    return quote(value, safe=_PLAIN, errors="surrogatepass")
-
-
-def identity_headers(names: IdentityHeaders, record: TokenRecord) -> list[tuple[str, str]]:
-    """The identity the upstream (proxy) or the calling proxy (forward auth) receives. Token
-    ids and scopes are printable ASCII without ``%`` by construction; subject and name are
-    whatever the token's creator typed."""
-    subject, name = record.subject, record.name
-    # header_value's test inlined: this runs for every admitted request
-    if not (subject.isascii() and subject.isprintable() and "%" not in subject):
-        subject = header_value(subject)
-    if not (name.isascii() and name.isprintable() and "%" not in name):
-        name = header_value(name)
-    return [(names.subject, subject), (names.token_id, record.id), (names.token_name, name),
-            (names.scopes, " ".join(record.scopes))]
 
 
 def extract_credential(headers: Headers, api_key_header: bytes | None) -> str:

@@ -5,6 +5,7 @@
                                     Retry-After) and body of a pipeline refusal
     upstream_error(UpstreamError)   status and body of a failed forward
     rate_limit_headers(result)      RateLimit / X-RateLimit-* of an admitted or refused request
+    identity_headers(names, record) the identity an upstream (or a calling proxy) receives
     send_json(send, ...)            one JSON response over raw ASGI (proxy listener)
 
 Listeners (the raw-ASGI proxy, the FastAPI admin app, the 431 the server writes itself) all
@@ -16,9 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
+from gateway.config import IdentityHeaders
 from gateway.errors import Refusal, UpstreamError
 from gateway.ratelimit import LimitResult
+from gateway.store import TokenRecord
 
 Headers = list[tuple[bytes, bytes]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -42,6 +46,32 @@ def rate_limit_headers(result: LimitResult) -> Headers:
         (b"x-ratelimit-remaining", str(r).encode()),
         (b"x-ratelimit-reset", str(t).encode()),
     ]
+
+
+# Printable ASCII except "%": what an identity value may carry as is (SPEC §6).
+_PLAIN = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_value(value: str) -> str:
+    """An identity value as sent: printable ASCII as is; anything else, and ``%`` itself (so
+    that decoding is unambiguous), percent-encoded as UTF-8: ``Łukasz`` -> ``%C5%81ukasz``."""
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value
+    return quote(value, safe=_PLAIN, errors="surrogatepass")
+
+
+def identity_headers(names: IdentityHeaders, record: TokenRecord) -> list[tuple[str, str]]:
+    """The identity the upstream (proxy) or the calling proxy (forward auth) receives. Token
+    ids and scopes are printable ASCII without ``%`` by construction; subject and name are
+    whatever the token's creator typed."""
+    subject, name = record.subject, record.name
+    # header_value's test inlined: this runs for every admitted request
+    if not (subject.isascii() and subject.isprintable() and "%" not in subject):
+        subject = header_value(subject)
+    if not (name.isascii() and name.isprintable() and "%" not in name):
+        name = header_value(name)
+    return [(names.subject, subject), (names.token_id, record.id), (names.token_name, name),
+            (names.scopes, " ".join(record.scopes))]
 
 
 def render_refusal(refusal: Refusal) -> tuple[int, Headers, dict[str, str]]:

@@ -13,8 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gateway.admin import models as m
 from gateway.admin.deps import MetricsDep, PipelineDep, SettingsDep, SharedDep, StoreDep
 from gateway.errors import Refusal, StoreUnavailable
-from gateway.pipeline import identity_headers
-from gateway.responses import rate_limit_headers
+from gateway.responses import identity_headers, rate_limit_headers
 
 router = APIRouter()
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
