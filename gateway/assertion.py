@@ -283,7 +283,13 @@ class Assertions:
         ``background``. Raises StoreUnavailable when the store cannot be read."""
         self._store = store
         self.install(await load_keys(store, self._clock, self._known))
-        if background and self._task is None:
+        if background:
+            self.start_refresh()
+
+    def start_refresh(self) -> None:
+        """Re-read the key set every refresh_s from now on (a composition root whose start is
+        synchronous calls this after ``await start(store, background=False)``)."""
+        if self._task is None:
             self._task = asyncio.create_task(self._refresh_forever())
 
     async def close(self) -> None:

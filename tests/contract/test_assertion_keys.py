@@ -210,3 +210,19 @@ async def test_a_replica_that_cannot_read_the_store_keeps_signing(
     with pytest.raises(StoreUnavailable):
         await a.refresh()
     await a.close()
+
+
+async def test_the_background_refresh_lists_another_process_rotation(
+        keystore: SqlStore, second: SqlStore, clock: Clock) -> None:
+    a = Assertions(TTL, clock=clock, refresh_s=0.02)
+    await a.start(keystore)
+    try:
+        new = await rotate_key(second, clock=clock)
+        for _ in range(100):
+            if new.kid in listed(a):
+                break
+            await asyncio.sleep(0.02)
+        assert new.kid in listed(a)
+        assert kid_of(a.sign(Record(), "r")) != new.kid  # published, not yet signing
+    finally:
+        await a.close()
