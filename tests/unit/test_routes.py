@@ -186,12 +186,14 @@ UPSTREAMS = {
 
 
 def reference_route(path: str, method: str) -> int:
-    """First match wins, as SPEC §3 words it."""
+    """First match wins, as SPEC §3 words it; an exact route also covers its trailing-slash form
+    (frameworks serve "/exact/" with the "/exact" handler)."""
     for i, r in enumerate(ROUTES):
         if "methods" in r and method not in r["methods"]:
             continue
         p = r["path"]
-        if (p.endswith("*") and (path.startswith(p[:-1]) or path == p[:-2])) or path == p:
+        if (p.endswith("*") and (path.startswith(p[:-1]) or path == p[:-2])) or path == p \
+                or (not p.endswith("*") and path == p + "/"):
             return i
     return -1
 
