@@ -16,11 +16,13 @@ from gateway.errors import (
     Refused,
     StoreUnavailable,
 )
+from gateway.middleware import AuthGateMiddleware
 from gateway.store import make_store, open_store
 from gateway.tokens import MalformedToken, generate, hash_token, parse
 
 __all__ = [
     "Actor",
+    "AuthGateMiddleware",
     "AuthgateError",
     "ConfigError",
     "InvalidInput",
