@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from gateway import cli
+from gateway import cli, cli_base
 from gateway.config import Settings
 
 CLEAN_ENV: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AUTHGATE_")}
@@ -44,7 +44,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     async def with_store(settings: Settings, fn: Any, *args: Any, **kwargs: Any) -> None:
         seen.append(settings)
 
-    monkeypatch.setattr(cli, "_with_store", with_store)
+    monkeypatch.setattr(cli_base, "_with_store", with_store)
     return seen
 
 
