@@ -73,6 +73,9 @@ def _normalised(name: str) -> bytes:
     return name.lower().replace("_", "-").encode()
 
 
+_STOPPED = Refusal(503, "unavailable", "the service is shutting down", retry_after=5)
+
+
 class AuthGateMiddleware:
     """Pure ASGI middleware: judge every HTTP (and WebSocket) request with the gateway's
     pipeline before the wrapped app sees it. Options are validated here, once: a bad config
@@ -86,6 +89,7 @@ class AuthGateMiddleware:
         self.settings = settings if settings is not None else load_settings(config, env)
         Router(self.settings)  # route problems surface now, not at the first request
         self.services: Services | None = None
+        self._stopped = False  # the lifespan shut down: never reopen for a straggler
         self._opening: asyncio.Lock | None = None
         ih = self.settings.identity_headers
         api_key = self.settings.api_key_header
@@ -112,6 +116,7 @@ class AuthGateMiddleware:
         return self.services
 
     async def _close(self) -> None:
+        self._stopped = True
         services, self.services = self.services, None
         if services is not None:
             await services.close()
@@ -148,11 +153,14 @@ class AuthGateMiddleware:
 
         try:
             await self.app(scope, app_receive, app_send)
-        except BaseException:
+        except Exception as e:
             if answered:
                 await self._close()
                 raise
-            log.debug("the app does not speak lifespan: authgate answers it alone")
+            log.info("the app does not speak lifespan (%r): authgate answers it alone", e)
+        except BaseException:  # cancelled: the server is going away
+            await self._close()
+            raise
         if answered:
             await self._close()
             return
@@ -176,6 +184,9 @@ class AuthGateMiddleware:
 
     async def _request(self, scope: Scope, receive: Receive, send: Send, http: bool) -> None:
         services = self.services
+        if services is None and self._stopped:
+            await self._refuse(scope, receive, send, _STOPPED, request_id_of(scope), http)
+            return
         if services is None:  # a server without lifespan: open on first use
             log.warning("authgate: no lifespan startup seen; opening on first request "
                         "(usage not flushed at shutdown)")
