@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
-from tests.e2e.conftest import free_port
+
+def three_free_ports() -> int:
+    """A port with the next two free as well (the demo listens on port, port+1, port+2), taken
+    below the ephemeral range so outgoing connections of other tests cannot grab them meanwhile."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 30000)
+        try:
+            for p in (port, port + 1, port + 2):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no three free ports in a row below the ephemeral range")
 
 
 def test_demo_curl_line_works():
-    port = free_port()
+    port = three_free_ports()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHGATE_")}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
