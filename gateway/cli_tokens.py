@@ -23,6 +23,7 @@ from gateway.cli_base import (
     run,
     store_options,
 )
+from gateway.cli_introspect import introspect
 from gateway.config import parse_rate_limit
 
 DEFAULT_RATE = "default"  # `tokens update --rate-limit default`: back to the configured default
@@ -37,7 +38,7 @@ RATE_OR_DEFAULT = _ValueType("rate", _rate_or_default)
 
 @click.group()
 def tokens() -> None:
-    """Create, list, show, update, rotate, revoke and clean up tokens."""
+    """Create, list, show, update, rotate, revoke, introspect and clean up tokens."""
 
 
 @tokens.command()
@@ -281,3 +282,6 @@ async def cleanup(auth: TokenAuthority, older_than: int, as_json: bool, config: 
     """Delete long-expired and long-revoked records."""
     count = await auth.cleanup(_actor(), older_than)
     _print_json({"deleted": count}) if as_json else click.echo(f"deleted {count} record(s)")
+
+
+tokens.add_command(introspect)
