@@ -3,7 +3,7 @@
     gateway/cli.py          the group (with --config/--store for every command), serve, demo,
                             migrate, stats; registers the groups below
     gateway/cli_base.py     shared options, value types, exit-status mapping, the store runner
-    gateway/cli_tokens.py   authgate tokens ...
+    gateway/cli_tokens.py   authgate tokens ... (introspect: gateway/cli_introspect.py)
     gateway/cli_events.py   authgate events
     gateway/cli_keys.py     authgate keys rotate
     gateway/cli_import.py   authgate import ... (loaded when named: it imports from this module)
@@ -26,7 +26,6 @@ from gateway.cli_base import (
     _actor,
     _print_json,
     _settings,
-    _with_store,
     exit_codes,
     json_option,
     option_value,
@@ -39,8 +38,8 @@ from gateway.cli_tokens import tokens
 from gateway.config import load_settings
 from gateway.store import SqlStore, make_store
 
-__all__ = ["_actor", "_print_json", "_settings", "_with_store", "exit_codes", "json_option",
-           "main", "store_options"]
+__all__ = ["_actor", "_print_json", "_settings", "exit_codes", "json_option", "main",
+           "store_options"]
 
 # Groups whose module imports this one: loaded on first use, so there is no import circle.
 _LAZY = {"import": "gateway.cli_import:import_command"}

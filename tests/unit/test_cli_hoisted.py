@@ -125,7 +125,7 @@ def test_the_tree_lists_every_command() -> None:
 
     assert names() == {"demo", "events", "import", "keys", "migrate", "serve", "stats",
                        "tokens"}
-    assert names("tokens") == {"cleanup", "create", "delete", "list", "revoke", "revoke-all",
-                               "rotate", "show", "update", "usage"}
+    assert names("tokens") == {"cleanup", "create", "delete", "introspect", "list", "revoke",
+                               "revoke-all", "rotate", "show", "update", "usage"}
     assert names("keys") == {"rotate"}
     assert names("import") == {"bcrypt", "sanctum", "sha256"}
