@@ -127,6 +127,10 @@ class HttpxForwarder:
             # Ours (the client left) unless someone else cancelled too, e.g. a shutdown.
             if not watch.gone or task.uncancel() > 0:
                 raise
+        except UpstreamError:
+            if watch.stalled:
+                raise proxy.body_stalled() from None
+            raise
         finally:
             watch.stop()
 
@@ -147,8 +151,10 @@ class HttpxForwarder:
         self._metrics.upstream_seconds.observe(time.perf_counter() - started)
         stream = cast(AsyncIterable[bytes], response.stream)  # async, from an async pool
         try:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": self._rules.response(response.headers) + extra_headers})
+            status = response.status
+            await send({"type": "http.response.start", "status": status,
+                        "headers": self._rules.response(response.headers, status)
+                        + extra_headers})
             length = _content_length(response.headers)
             if length is not None and length <= CHUNK:  # small: one body message
                 await send({"type": "http.response.body",

@@ -11,7 +11,9 @@ Forwarders: ``aiohttp`` (the default) here, ``httpx`` (HTTP/2 to TLS upstreams t
 with httpx's engine (pure-Python h11 and anyio); the gateway serves 4-7x fewer requests a second
 with httpx. Each keeps one pool per upstream: at most ``POOL_SIZE`` connections, and a request
 waits at most ``POOL_WAIT_S`` for one (-> 504). A client that goes away ends its exchange at once:
-the upstream connection is closed, never read to the end nor pooled half-read.
+the upstream connection is closed, never read to the end nor pooled half-read. A request body
+that makes no progress for ``BODY_IDLE_S`` ends its exchange the same way, answered 408 (and the
+connection closed) when the upstream has not answered yet.
 """
 
 from __future__ import annotations
@@ -46,10 +48,15 @@ HOP_BY_HOP = frozenset({
 CHUNK = 64 * 1024
 POOL_SIZE = 1024  # connections per upstream
 POOL_WAIT_S = 5.0  # longest wait for a pooled connection, TCP connect included (-> 504)
+# Longest silence within a request body being relayed (nginx's client_body_timeout): past it the
+# exchange ends (408 and the connection closed) and its upstream connection is closed, so stalled
+# uploads cannot hold the pool. A constant, as the head bound (server.HEAD_TIMEOUT_S).
+BODY_IDLE_S = 60.0
 # Scope key of a listener's disconnect hook: hook(callback) arms it, hook(None) disarms it.
 ON_DISCONNECT = "authgate.on_disconnect"
 # aiohttp adds these when the request lacks them; SPEC §6: forward the client's headers only.
 _NOT_OURS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_NO_BODY = frozenset({204, 304})  # statuses whose answers never have a body
 
 
 def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -112,9 +119,15 @@ class HeaderRules:
         return out
 
     @staticmethod
-    def response(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def response(raw: Iterable[tuple[bytes, bytes]],
+                 status: int = 200) -> list[tuple[bytes, bytes]]:
         headers = [(n.lower(), v) for n, v in raw]  # clients keep the upstream's case
         named = _connection_named(headers)
+        if status in _NO_BODY:
+            # RFC 9110 lets a 304 carry Content-Length (the length it would have had), but
+            # uvicorn then waits for that many body bytes and closes the connection. HEAD
+            # answers keep theirs: uvicorn sends no body for HEAD.
+            named.add(b"content-length")
         return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
 
 
@@ -132,6 +145,12 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+def body_stalled() -> UpstreamError:
+    """The error of an exchange ended by a stalled request body (``BODY_IDLE_S``)."""
+    return UpstreamError(408, "invalid_request",
+                         f"the request body stalled (no data for {BODY_IDLE_S:g} s)")
 
 
 def _target(scope: Scope) -> str | None:
@@ -153,7 +172,7 @@ class _ClientWatch:
     request); under another ASGI server a small task waits on ``receive()`` for
     ``http.disconnect`` once the request body is consumed. Either cancels the forwarding task."""
 
-    __slots__ = ("_hook", "_receive", "_stopped", "_task", "_watcher", "gone")
+    __slots__ = ("_hook", "_receive", "_stopped", "_task", "_watcher", "gone", "stalled")
 
     def __init__(self, scope: Scope, receive: Receive, task: asyncio.Task[Any]) -> None:
         self._hook: Callable[[Callable[[], None] | None], None] | None = scope.get(ON_DISCONNECT)
@@ -162,6 +181,7 @@ class _ClientWatch:
         self._watcher: asyncio.Task[None] | None = None
         self._stopped = False
         self.gone = False
+        self.stalled = False  # the request body made no progress for BODY_IDLE_S
         if self._hook is not None:
             self._hook(self._left)
 
@@ -190,7 +210,14 @@ class _ClientWatch:
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as it arrives; then starts watching."""
         while True:
-            message = await self._receive()
+            try:
+                async with asyncio.timeout(BODY_IDLE_S):
+                    message = await self._receive()
+            except TimeoutError:
+                # The forwarder sees the upload fail (its upstream connection is closed, as
+                # when the client leaves) and answers 408 on seeing ``stalled``.
+                self.stalled = True
+                raise ConnectionResetError("request body stalled") from None
             if message["type"] == "http.disconnect":
                 self._left()
                 # Raise, not return: a return would end the upload as if it were complete.
@@ -247,6 +274,10 @@ class AiohttpForwarder:
             # Ours (the client left) unless someone else cancelled too, e.g. a shutdown.
             if not watch.gone or task.uncancel() > 0:
                 raise
+        except UpstreamError:
+            if watch.stalled:
+                raise body_stalled() from None
+            raise
         finally:
             watch.stop()
 
@@ -268,8 +299,10 @@ class AiohttpForwarder:
                                 f"the upstream is unreachable ({type(e).__name__})") from None
         self._metrics.upstream_seconds.observe(time.perf_counter() - started)
         try:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": self._rules.response(response.raw_headers) + extra_headers})
+            status = response.status
+            await send({"type": "http.response.start", "status": status,
+                        "headers": self._rules.response(response.raw_headers, status)
+                        + extra_headers})
             length = response.content_length
             if length is not None and length <= CHUNK:  # small: one body message, no iterator
                 await send({"type": "http.response.body", "body": await response.read()})
@@ -362,7 +395,10 @@ class ProxyApp:
             await self._forwarder.forward(scope, receive, send, decision, extra, request_id)
         except UpstreamError as e:
             status, body = responses.upstream_error(e)
-            await responses.send_json(send, status, body, [(b"x-request-id", request_id)])
+            headers = [(b"x-request-id", request_id)]
+            if status == 408:  # the rest of the body may still come: not a keep-alive stream
+                headers.append((b"connection", b"close"))
+            await responses.send_json(send, status, body, headers)
             self._observe(e.reason, started)
             return
         self._observe("ok", started)
