@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 
 from gateway import AuthGateMiddleware, ConfigError
 from gateway.authority import Actor
@@ -187,3 +188,27 @@ async def test_a_request_after_shutdown_is_503_not_a_reopened_store(tmp_path):
         r = await client.get("/x")
     assert r.status_code == 503 and r.headers["retry-after"] == "5"
     assert r.json()["error"] == "temporarily_unavailable" and mw.services is None
+
+
+async def test_requires_scopes_403_is_an_access_denied_event_as_in_the_gateway(tmp_path):
+    app = FastAPI()  # (annotations resolve in module globals: Annotated, Depends imported there)
+
+    @app.get("/w")
+    async def w(auth: Annotated[Auth, Depends(requires_scopes("w"))]) -> str:
+        return auth.subject
+
+    app.add_middleware(AuthGateMiddleware, settings=settings(tmp_path))
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.7", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        assert (await client.get("/w")).status_code == 401  # opens the services on first use
+        mw: Any = app.middleware_stack
+        while not isinstance(mw, AuthGateMiddleware):  # FastAPI adds middleware of its own
+            mw = mw.app
+        record, secret = await mw.services.authority.create(ADMIN, subject="s", name="n")
+        r = await client.get("/w", headers={"Authorization": f"Bearer {secret}"})
+        assert r.status_code == 403 and r.headers["www-authenticate"] == (
+            'Bearer realm="authgate", error="insufficient_scope", '
+            'error_description="the token lacks scope w", scope="w"')
+        events = mw.services.usage._events  # the batch the next flush writes
+        assert ("access_denied", record.id, "10.0.0.7", "insufficient_scope", "gateway") in events
+        await mw._close()
