@@ -30,14 +30,20 @@ class Gateway:
     def __init__(self, services: Services, forwarder: Forwarder) -> None:
         self.services = services
         self.forwarder = forwarder
-        self.proxy_app = ProxyApp(services.pipeline, forwarder, services.metrics)
+        jwks = None
+        if services.assertions is not None:
+            from gateway.assertion import JwksEndpoint
+
+            jwks = JwksEndpoint(services.assertions)
+        self.proxy_app = ProxyApp(services.pipeline, forwarder, services.metrics, jwks)
 
     @classmethod
     async def start(cls, settings: Settings, metrics: Metrics | None = None,
                     clock: Callable[[], datetime] = utcnow) -> Gateway:
         services = await Services.open(settings, metrics, clock)
         try:
-            forwarder = open_forwarder(settings, services.router.upstreams, services.metrics)
+            forwarder = open_forwarder(settings, services.router.upstreams, services.metrics,
+                                       services.assertions)
             await forwarder.start()
         except BaseException:
             await services.close()

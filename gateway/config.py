@@ -139,6 +139,22 @@ class IdentityHeaders(_Strict):
         return v
 
 
+class IdentityAssertion(_Strict):
+    """The signed identity assertion (SPEC §11): an Ed25519 JWS in ``header`` on every forwarded
+    request with a token (and on forward-auth 200s), valid ``ttl_s``, ``aud`` = ``audience``."""
+
+    header: str = "X-Auth-Assertion"
+    ttl_s: int = Field(60, ge=1, le=3600)
+    audience: str | None = Field(None, min_length=1)
+
+    @field_validator("header")
+    @classmethod
+    def _header_name(cls, v: str) -> str:
+        if not _HEADER_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid header name")
+        return v
+
+
 class Route(_Strict):
     path: str
     methods: tuple[str, ...] | None = None
@@ -190,6 +206,7 @@ class Settings(_Strict):
     failed_auth_limit: OptionalRateLimit = RateLimit(60, 60)
     api_key_header: str | None = None
     identity_headers: IdentityHeaders = Field(default_factory=IdentityHeaders)
+    identity_assertion: IdentityAssertion | None = None  # off unless configured (SPEC §11)
     roles: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {"reader": ("read",), "writer": ("read", "write")})
     routes: tuple[Route, ...] = ()
@@ -272,7 +289,7 @@ class Settings(_Strict):
     _upstream = field_validator("upstream")(classmethod(lambda cls, v: _check_upstream(v)))
 
 
-_STRUCTURED = {"routes", "roles", "identity_headers", "trusted_proxies"}
+_STRUCTURED = {"routes", "roles", "identity_headers", "identity_assertion", "trusted_proxies"}
 KEYS = tuple(Settings.model_fields)
 
 

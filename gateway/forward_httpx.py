@@ -22,7 +22,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import httpcore
@@ -33,6 +33,9 @@ from gateway.errors import UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
 from gateway.proxy import CHUNK, HeaderRules, Receive, Scope, Send, _ClientWatch, _has_body, _target
+
+if TYPE_CHECKING:
+    from gateway.assertion import Assertions
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _KEEPALIVE_S = 15.0  # idle pooled connections are closed after this (aiohttp's default too)
@@ -66,8 +69,9 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class HttpxForwarder:
-    def __init__(self, settings: Settings, upstreams: set[str], metrics: Metrics) -> None:
-        self._rules = HeaderRules(settings)
+    def __init__(self, settings: Settings, upstreams: set[str], metrics: Metrics,
+                 assertions: Assertions | None = None) -> None:
+        self._rules = HeaderRules(settings, assertions)
         self._timeout = settings.upstream_timeout_s
         self._origins = {u: _Origin(u) for u in upstreams}
         self._metrics = metrics

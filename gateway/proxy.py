@@ -22,7 +22,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -34,12 +34,17 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Decision, Pipeline, identity_headers
 from gateway.responses import rate_limit_headers
 
+if TYPE_CHECKING:
+    from gateway.assertion import Assertions
+
 __all__ = ["FORWARDERS", "ON_DISCONNECT", "AiohttpForwarder", "Forwarder", "HeaderRules",
            "ProxyApp", "UpstreamError", "open_forwarder", "request_id_of"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_JWKS_PATH = "/.well-known/jwks.json"  # gateway.assertion.JWKS_PATH (not imported: PyNaCl)
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
@@ -73,11 +78,17 @@ def _normalised(name: bytes) -> bytes:
 
 
 class HeaderRules:
-    """What goes to the upstream and what comes back (SPEC §6)."""
+    """What goes to the upstream and what comes back (SPEC §6); with ``assertions``, each
+    request with a token also carries its signed identity assertion (SPEC §11)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, assertions: Assertions | None = None) -> None:
         ih = self._names = settings.identity_headers
-        names = (ih.subject, ih.token_id, ih.token_name, ih.scopes)
+        names: tuple[str, ...] = (ih.subject, ih.token_id, ih.token_name, ih.scopes)
+        ia = settings.identity_assertion
+        self._assertions = assertions if ia is not None else None
+        self._assertion_header = ia.header if ia is not None else ""
+        if ia is not None:  # a client's copy, in any spelling, never reaches the upstream
+            names += (ia.header,)
         # Compared normalised on both sides: a configured ``X_User`` and a client's ``x-user``
         # (or ``X_USER``) name the same header to the upstream.
         self._identity = frozenset(_normalised(h.encode()) for h in names)
@@ -116,6 +127,9 @@ class HeaderRules:
         out.append(("X-Request-Id", request_id.decode("latin-1")))
         if decision.record is not None:
             out.extend(identity_headers(self._names, decision.record))
+            if self._assertions is not None:
+                out.append((self._assertion_header,
+                            self._assertions.sign(decision.record, request_id)))
         return out
 
     @staticmethod
@@ -231,8 +245,9 @@ class _ClientWatch:
 
 
 class AiohttpForwarder:
-    def __init__(self, settings: Settings, upstreams: set[str], metrics: Metrics) -> None:
-        self._rules = HeaderRules(settings)
+    def __init__(self, settings: Settings, upstreams: set[str], metrics: Metrics,
+                 assertions: Assertions | None = None) -> None:
+        self._rules = HeaderRules(settings, assertions)
         self._timeout = settings.upstream_timeout_s
         self._upstreams = upstreams
         self._metrics = metrics
@@ -336,22 +351,25 @@ class Forwarder(Protocol):
         quietly when the client goes away."""
 
 
-def _httpx(settings: Settings, upstreams: set[str], metrics: Metrics) -> Forwarder:
+def _httpx(settings: Settings, upstreams: set[str], metrics: Metrics,
+           assertions: Assertions | None = None) -> Forwarder:
     from gateway.forward_httpx import HttpxForwarder  # httpx + h2 imported only when chosen
 
-    return HttpxForwarder(settings, upstreams, metrics)
+    return HttpxForwarder(settings, upstreams, metrics, assertions)
 
 
 # The ``forwarder`` setting's values (gateway.config.FORWARDERS names the same keys).
-FORWARDERS: dict[str, Callable[[Settings, set[str], Metrics], Forwarder]] = {
+FORWARDERS: dict[str, Callable[[Settings, set[str], Metrics, Assertions | None], Forwarder]] = {
     "aiohttp": AiohttpForwarder,
     "httpx": _httpx,
 }
 
 
-def open_forwarder(settings: Settings, upstreams: set[str], metrics: Metrics) -> Forwarder:
-    """The forwarder the ``forwarder`` setting names, not yet started."""
-    return FORWARDERS[settings.forwarder](settings, upstreams, metrics)
+def open_forwarder(settings: Settings, upstreams: set[str], metrics: Metrics,
+                   assertions: Assertions | None = None) -> Forwarder:
+    """The forwarder the ``forwarder`` setting names, not yet started; ``assertions`` signs
+    the identity assertion of each request with a token (when configured)."""
+    return FORWARDERS[settings.forwarder](settings, upstreams, metrics, assertions)
 
 
 class ProxyApp:
@@ -362,19 +380,26 @@ class ProxyApp:
     the rate-limit headers and the request id added to the response. The path judged is the
     raw one as sent (``raw_path``), the client address the pipeline's (``trusted_proxies``).
     Every request counts one outcome and its duration. WebSockets are closed (1008).
+    With ``jwks`` (identity assertion configured), ``/.well-known/jwks.json`` is answered here,
+    with no credential, and not forwarded.
     """
 
-    __slots__ = ("_forwarder", "_metrics", "_pipeline")
+    __slots__ = ("_forwarder", "_jwks", "_metrics", "_pipeline")
 
-    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: Metrics) -> None:
+    def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: Metrics,
+                 jwks: ASGIApp | None = None) -> None:
         self._pipeline = pipeline
         self._forwarder = forwarder
         self._metrics = metrics
+        self._jwks = jwks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
+            return
+        if self._jwks is not None and scope["path"] == _JWKS_PATH:
+            await self._jwks(scope, receive, send)
             return
         started = time.perf_counter()
         request_id = request_id_of(scope)

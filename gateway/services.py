@@ -10,6 +10,10 @@ Each backend comes from its table, keyed by the URL's scheme, and is imported on
     shared    settings.cache   gateway.cache.SHARED       memory (NullShared) / redis
     limiter   settings.cache   gateway.ratelimit.LIMITERS memory / redis
 
+Optional services, built (and imported) only when configured:
+
+    assertions  settings.identity_assertion  gateway.assertion.Assertions (keys read in open)
+
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
 here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
 authority only, no background work) and an in-process middleware all build the same object.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -35,6 +40,7 @@ from gateway.store import STATUSES, SqlStore, open_store
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from gateway.assertion import Assertions
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
@@ -62,16 +68,27 @@ class Services:
         self.router = Router(settings)
         self.pipeline = Pipeline(settings, self.router, self.cache, store, self.authority,
                                  self.limiter, self.usage, self.metrics, clock)
+        self.assertions: Assertions | None = None
+        if settings.identity_assertion is not None:
+            from gateway.assertion import Assertions  # PyNaCl only when configured
+
+            ia = settings.identity_assertion
+            self.assertions = Assertions(ia.ttl_s, ia.audience, clock=(
+                time.time if clock is utcnow else lambda: clock().timestamp()))
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None,
                    clock: Callable[[], datetime] = utcnow) -> Services:
-        """Open the store (SQLite migrates itself) and build everything on it."""
+        """Open the store (SQLite migrates itself) and build everything on it; read the
+        identity-assertion signing keys (creating the first) when configured."""
         store = await open_store(settings.store)
         try:
-            return cls(settings, store, metrics, clock)
+            services = cls(settings, store, metrics, clock)
+            if services.assertions is not None:
+                await services.assertions.start(store, background=False)
+            return services
         except BaseException:
             await store.close()
             raise
@@ -107,6 +124,8 @@ class Services:
         self._started = True
         self.cache.start()
         self.usage.start()
+        if self.assertions is not None:
+            self.assertions.start_refresh()  # keys re-read every REFRESH_S (rotations)
         self._gauge_task = asyncio.create_task(self._refresh_token_gauge())
 
     async def close(self) -> None:
@@ -117,6 +136,8 @@ class Services:
         try:
             await self.usage.stop()
         finally:
+            if self.assertions is not None:
+                await self.assertions.close()
             await self.cache.close()
             await self.limiter.close()
             await self.shared.close()

@@ -16,8 +16,16 @@ from gateway.cache import SharedCache
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.store import TokenStore
+from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
+
+
+class Signer(Protocol):
+    """What the admin listener uses of ``gateway.assertion.Assertions`` (not imported here:
+    PyNaCl is loaded only when identity_assertion is configured)."""
+
+    def sign(self, record: TokenRecord, request_id: bytes) -> str: ...
+    def jwks(self) -> bytes: ...
 
 
 class AdminServices(Protocol):
@@ -37,6 +45,8 @@ class AdminServices(Protocol):
     def usage(self) -> UsageRecorder: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def assertions(self) -> Signer | None: ...
 
 
 def services_of(request: Request) -> AdminServices:
@@ -72,6 +82,10 @@ def metrics(request: Request) -> Metrics:
     return services_of(request).metrics
 
 
+def assertions(request: Request) -> Signer | None:
+    return services_of(request).assertions
+
+
 SettingsDep = Annotated[Settings, Depends(settings)]
 StoreDep = Annotated[TokenStore, Depends(store)]
 SharedDep = Annotated[SharedCache, Depends(shared)]
@@ -79,3 +93,4 @@ AuthorityDep = Annotated[TokenAuthority, Depends(authority)]
 PipelineDep = Annotated[Pipeline, Depends(pipeline)]
 UsageDep = Annotated[UsageRecorder, Depends(usage)]
 MetricsDep = Annotated[Metrics, Depends(metrics)]
+AssertionsDep = Annotated[Signer | None, Depends(assertions)]

@@ -11,9 +11,17 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.admin import models as m
-from gateway.admin.deps import MetricsDep, PipelineDep, SettingsDep, SharedDep, StoreDep
+from gateway.admin.deps import (
+    AssertionsDep,
+    MetricsDep,
+    PipelineDep,
+    SettingsDep,
+    SharedDep,
+    StoreDep,
+)
 from gateway.errors import Refusal, StoreUnavailable
-from gateway.responses import identity_headers, rate_limit_headers
+from gateway.proxy import request_id_of
+from gateway.responses import error_json, identity_headers, rate_limit_headers
 
 router = APIRouter()
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -46,6 +54,25 @@ async def readyz(store: StoreDep, shared: SharedDep) -> Any:
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/.well-known/jwks.json", response_class=Response, tags=["operations"], responses={
+    200: {"content": {"application/json": {"schema": {"type": "object"}}},
+          "description": "The JWKS of the identity assertion (SPEC §11)"},
+    404: m.ERRORS[404]})
+async def jwks(assertions: AssertionsDep) -> Response:
+    """The public keys that verify the identity assertion: 404 unless it is configured."""
+    if assertions is None:
+        return Response(error_json("not_found", "no key set: identity_assertion is not "
+                                   "configured"), status_code=404, media_type="application/json")
+    from gateway.assertion import JWKS_MAX_AGE_S
+
+    return Response(assertions.jwks(), media_type="application/json",
+                    headers={"cache-control": f"public, max-age={JWKS_MAX_AGE_S}"})
+
+
+router.add_api_route("/.well-known/jwks.json", jwks, methods=["HEAD"], response_class=Response,
+                     include_in_schema=False)
 
 
 _AUTHORIZE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -88,10 +115,11 @@ def _claimed_method(request: Request) -> str:
 
 
 async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep,
-                    settings: SettingsDep) -> Response:
+                    settings: SettingsDep, assertions: AssertionsDep) -> Response:
     """Forward-auth decision (nginx auth_request, Traefik ForwardAuth, Envoy ext_authz): the
     proxy's own pipeline, on `X-Forwarded-Method` and the URI sources of ``requested_path``,
-    judged by the proxy listener's path rule."""
+    judged by the proxy listener's path rule. With identity_assertion configured, a 200 for a
+    token also carries the signed assertion and the X-Request-Id it is bound to (``jti``)."""
     client = request.client
     try:
         ip = pipeline.client_address(client.host if client else None, request.scope["headers"])
@@ -105,6 +133,11 @@ async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep
         if decision.limit else {}
     if decision.record is not None:
         out |= dict(identity_headers(settings.identity_headers, decision.record))
+        ia = settings.identity_assertion
+        if assertions is not None and ia is not None:
+            request_id = request_id_of(request.scope)
+            out[ia.header] = assertions.sign(decision.record, request_id)
+            out["X-Request-Id"] = request_id.decode("latin-1")
     return Response(status_code=200, headers=out)
 
 
