@@ -207,6 +207,8 @@ class Settings(_Strict):
     api_key_header: str | None = None
     identity_headers: IdentityHeaders = Field(default_factory=IdentityHeaders)
     identity_assertion: IdentityAssertion | None = None  # off unless configured (SPEC §11)
+    # Imported token kinds accepted as their owners hold them (SPEC §10); () = none.
+    legacy_tokens: tuple[Literal["sanctum", "sha256", "bcrypt"], ...] = ()
     roles: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {"reader": ("read",), "writer": ("read", "write")})
     routes: tuple[Route, ...] = ()
@@ -278,6 +280,20 @@ class Settings(_Strict):
                 raise ValueError(f"entry {i} ({entry!r}) is not an IP address or CIDR such as "
                                  "10.0.0.0/8 (host bits must be zero)") from None
         return v
+
+    @field_validator("legacy_tokens", mode="before")
+    @classmethod
+    def _legacy_tokens(cls, v: object) -> object:
+        if v is None:
+            return ()
+        if isinstance(v, str):  # AUTHGATE_LEGACY_TOKENS=sanctum,bcrypt
+            return tuple(k.strip() for k in v.split(",") if k.strip())
+        return v
+
+    @field_validator("legacy_tokens")
+    @classmethod
+    def _legacy_tokens_once(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
 
     @field_validator("roles", mode="before")
     @classmethod

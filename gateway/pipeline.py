@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway import tokens
 from gateway.addresses import ClientAddresses
@@ -51,6 +51,9 @@ from gateway.responses import header_value, identity_headers, rate_limit_headers
 from gateway.routes import MatchedRoute, Router
 from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
+
+if TYPE_CHECKING:
+    from gateway.imports.legacy import LegacyVerifier
 
 log = logging.getLogger("authgate.pipeline")
 
@@ -93,7 +96,8 @@ def extract_credential(headers: Headers, api_key_header: bytes | None) -> str:
 class Pipeline:
     def __init__(self, settings: Settings, router: Router, cache: TokenCache, store: TokenStore,
                  authority: TokenAuthority, limiter: RateLimiter, usage: UsageRecorder,
-                 metrics: Metrics, clock: Callable[[], datetime]) -> None:
+                 metrics: Metrics, clock: Callable[[], datetime], *,
+                 legacy: LegacyVerifier | None = None) -> None:
         self.settings = settings
         self.router = router
         self.cache = cache
@@ -103,6 +107,7 @@ class Pipeline:
         self.usage = usage
         self.metrics = metrics
         self.clock = clock
+        self.legacy = legacy  # imported tokens (legacy_tokens), tried for non-authgate strings
         header = settings.api_key_header
         self._api_key_header = header.lower().encode() if header else None
         self._hash = authority.hash
@@ -187,13 +192,13 @@ class Pipeline:
                       count_failures: bool = True) -> tuple[TokenRecord, datetime]:
         if count_failures and self._blocked:  # the common case costs one truth test
             self.brake(ip)
+        record: TokenRecord | None
         try:
             parsed = tokens.parse(raw, self.settings.token_prefix)
         except tokens.MalformedToken:
-            self.metrics.malformed.inc()
-            await self._failed(ip, "malformed", count_failures)
-            raise Refusal(401, "invalid_token", "the token is malformed") from None
-        record = await self._lookup(self._hash(parsed.plaintext))
+            record = await self._not_authgate(raw, ip, count_failures)
+        else:
+            record = await self._lookup(self._hash(parsed.plaintext))
         now = self.clock()
         if record is None:
             await self._failed(ip, "unknown", count_failures)
@@ -207,6 +212,21 @@ class Pipeline:
         return record, now
 
     # --- steps ------------------------------------------------------------------------------
+
+    async def _not_authgate(self, raw: str, ip: str | None, count: bool) -> TokenRecord:
+        """A string that is not an authgate token: an imported one (SPEC §10, when
+        ``legacy_tokens`` is set), else refused as malformed and charged like any refusal."""
+        if self.legacy is not None:
+            try:
+                record = await self.legacy.verify(raw)
+            except StoreUnavailable:
+                raise Refusal(503, "unavailable", "the token store is unreachable; retry "
+                              "shortly", retry_after=5) from None
+            if record is not None:
+                return record
+        self.metrics.malformed.inc()
+        await self._failed(ip, "malformed", count)
+        raise Refusal(401, "invalid_token", "the token is malformed")
 
     async def _public(self, route: MatchedRoute, ip: str | None) -> Decision:
         if route.rate_limit is None:

@@ -13,6 +13,7 @@ Each backend comes from its table, keyed by the URL's scheme, and is imported on
 Optional services, built (and imported) only when configured:
 
     assertions  settings.identity_assertion  gateway.assertion.Assertions (keys read in open)
+    legacy      settings.legacy_tokens       gateway.imports.legacy.LegacyVerifier (pipeline)
 
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
 here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
@@ -41,6 +42,7 @@ from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
     from gateway.assertion import Assertions
+    from gateway.imports.legacy import LegacyVerifier
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
@@ -66,8 +68,19 @@ class Services:
         self.authority = TokenAuthority(store, settings, clock, invalidate=self.cache.invalidate)
         self.usage = UsageRecorder(store, settings.usage_flush_interval_s, self.metrics, clock)
         self.router = Router(settings)
+        self.legacy: LegacyVerifier | None = None
+        if settings.legacy_tokens:
+            from gateway.imports.legacy import LegacyVerifier  # bcrypt only when configured
+
+            cache = self.cache
+            self.legacy = LegacyVerifier(
+                settings.legacy_tokens, store, settings.pepper, clock=clock,
+                # through the token cache, like authgate's own tokens (hits, misses, revocation)
+                lookup=lambda key: cache.lookup(key, store.get_by_hash),
+                forget=cache.invalidate)
         self.pipeline = Pipeline(settings, self.router, self.cache, store, self.authority,
-                                 self.limiter, self.usage, self.metrics, clock)
+                                 self.limiter, self.usage, self.metrics, clock,
+                                 legacy=self.legacy)
         self.assertions: Assertions | None = None
         if settings.identity_assertion is not None:
             from gateway.assertion import Assertions  # PyNaCl only when configured
@@ -88,6 +101,8 @@ class Services:
             services = cls(settings, store, metrics, clock)
             if services.assertions is not None:
                 await services.assertions.start(store, background=False)
+            if services.legacy is not None:
+                await services.legacy.start()  # the imported bcrypt prefixes
             return services
         except BaseException:
             await store.close()
@@ -138,6 +153,8 @@ class Services:
         finally:
             if self.assertions is not None:
                 await self.assertions.close()
+            if self.legacy is not None:
+                await self.legacy.close()
             await self.cache.close()
             await self.limiter.close()
             await self.shared.close()
