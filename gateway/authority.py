@@ -27,6 +27,9 @@ from gateway.store import (
 from gateway.store.base import REPLAYED
 from gateway.values import (
     BAD_CHARS,
+    MAX_GRACE_S,
+    MAX_LIFETIME_S,
+    MAX_PAGE,
     MAX_TIME,
     check_filter,
     check_limit,
@@ -38,16 +41,6 @@ from gateway.values import (
     decode_cursor,
     encode_cursor,
 )
-
-# Re-exported (`as`) for gateway/admin/models.py until it imports them from gateway.values.
-from gateway.values import MAX_GRACE_S as MAX_GRACE_S
-from gateway.values import MAX_LIFETIME_S as MAX_LIFETIME_S
-from gateway.values import MAX_METADATA_BYTES as MAX_METADATA_BYTES
-from gateway.values import MAX_METADATA_DEPTH as MAX_METADATA_DEPTH
-from gateway.values import MAX_PAGE as MAX_PAGE
-from gateway.values import MAX_RATE as MAX_RATE
-from gateway.values import MAX_TEXT as MAX_TEXT
-from gateway.values import MAX_WINDOW_S as MAX_WINDOW_S
 
 DEFAULT_GRACE_S = 3600
 

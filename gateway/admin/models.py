@@ -20,7 +20,7 @@ from pydantic import (
     StrictBool,
 )
 
-from gateway.authority import (
+from gateway.values import (
     MAX_GRACE_S,
     MAX_LIFETIME_S,
     MAX_METADATA_BYTES,
