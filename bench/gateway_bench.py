@@ -3,6 +3,8 @@
     python bench/gateway_bench.py                      # full run, ~6 min on 2 cores
     python bench/gateway_bench.py --compare eb8d702    # and that revision's gateway, ~9 min
     python bench/gateway_bench.py --quick              # short rounds, for development
+    python bench/gateway_bench.py --variant 'assertion:AUTHGATE_IDENTITY_ASSERTION={"ttl_s":60}'
+                                                       # + a row signing an identity assertion
 
 Starts a 200-byte upstream, the baselines and one gateway process per backend pair (SQLite +
 memory, PostgreSQL + a private redis-server), then drives each in turn with wrk at 32, 256 and 1
