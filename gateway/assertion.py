@@ -36,14 +36,11 @@ import hashlib
 import json
 import logging
 import math
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
-from importlib import resources
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -168,15 +165,10 @@ def listed_at(keys: Sequence[SigningKey], now: float,
 
 # --- the store ---------------------------------------------------------------------------------
 
-@cache
 def _queries() -> dict[str, str]:
-    text = resources.files("gateway").joinpath("assertion_keys.sql").read_text("utf-8")
-    named: dict[str, str] = {}
-    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
-        name, _, body = block.partition("\n")
-        named[name.strip()] = "\n".join(
-            line for line in body.splitlines() if not line.lstrip().startswith("--")).strip()
-    return named
+    from gateway.store.sql import named_queries  # the store's own loader (cached per file)
+
+    return named_queries("gateway", "assertion_keys.sql")
 
 
 def _seconds(v: Any) -> float:

@@ -55,14 +55,19 @@ class Driver(Protocol):
 
 
 @cache
-def queries() -> dict[str, str]:
-    text = resources.files("gateway.store").joinpath("queries.sql").read_text("utf-8")
+def named_queries(package: str, filename: str) -> dict[str, str]:
+    """The ``-- name: NAME`` blocks of a packaged SQL file, comments dropped (loaded once)."""
+    text = resources.files(package).joinpath(filename).read_text("utf-8")
     named: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
         name, _, body = block.partition("\n")
         named[name.strip()] = "\n".join(
             line for line in body.splitlines() if not line.lstrip().startswith("--")).strip()
     return named
+
+
+def queries() -> dict[str, str]:
+    return named_queries("gateway.store", "queries.sql")
 
 
 def Q(name: str) -> str:
