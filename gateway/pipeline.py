@@ -160,6 +160,8 @@ class Pipeline:
         """Judge one request. ``path`` is the request target's path as sent (still
         percent-encoded, no query); the router decodes it and refuses ambiguous paths."""
         route = self.router.match(path, method)
+        if self.router.method_sensitive:  # routes by method: an override must not change it
+            self.router.check_overrides(path, route, headers)
         if not route.auth_required:
             return await self._public(route, ip)
         try:

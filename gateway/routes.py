@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -55,6 +56,7 @@ class MatchedRoute:
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _OVERLONG = re.compile(rb"[\xc0\xc1]")  # only ever lead bytes of overlong forms ("%c0%ae" = ".")
+_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 MORE_DECODINGS = 3  # how many further decodings a proxy chain is assumed to apply at most
 
 
@@ -150,6 +152,19 @@ class Router:
                              r.rate_limit))
             for i, r in enumerate(settings.routes)]
         self._default = MatchedRoute(-1, (), True, settings.upstream, None)
+        # Only a route with `methods` makes the method matter (and an override worth judging).
+        self.method_sensitive = any(r.methods is not None for r in settings.routes)
+
+    def check_overrides(self, path: str, matched: MatchedRoute,
+                        headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Frameworks that honour a method-override header (Rails, Laravel, Express's
+        method-override, Spring's HiddenHttpMethodFilter, ...) serve the request as that method:
+        it must land on the route the real method was judged by, else Refusal 400."""
+        for name, value in headers:
+            if name.replace(b"_", b"-") in _OVERRIDES:
+                other = value.decode("latin-1").strip().upper()
+                if self.match(path, other) is not matched:
+                    raise _refuse(f"is served by another route for the method override {other!r}")
 
     def match(self, path: str, method: str) -> MatchedRoute:
         """The route for a raw request path (percent-encoded, as sent); Refusal 400 when the
