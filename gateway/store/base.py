@@ -84,6 +84,7 @@ class TokenFilter:
     subject: str | None = None
     status: Status | None = None
     family: str | None = None
+    expires_before: datetime | None = None  # an expiry set and before this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +177,6 @@ class TokenStore(Protocol):
         ...
     async def list_events(self, flt: EventFilter, limit: int,
                           before_id: int | None = None) -> list[Event]: ...
+    async def record_outcomes(self, rows: Sequence[tuple[datetime, str, int]],
+                              prune_before: datetime | None = None) -> None: ...
+    async def outcome_counts(self, since: datetime) -> list[tuple[datetime, str, int]]: ...

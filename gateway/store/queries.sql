@@ -133,3 +133,13 @@ SELECT DISTINCT legacy_prefix FROM tokens WHERE legacy_key IS NOT NULL
 -- A bcrypt token's first match: from now on it is found by authgate's keyed hash. Of two
 -- concurrent first matches one updates, the other finds legacy_key already cleared.
 UPDATE tokens SET token_hash = $2, legacy_key = NULL WHERE id = $1 AND legacy_key IS NOT NULL
+
+-- name: add_outcomes
+INSERT INTO request_outcomes (hour, outcome, count) VALUES ($1, $2, $3)
+ON CONFLICT (hour, outcome) DO UPDATE SET count = request_outcomes.count + excluded.count
+
+-- name: outcome_counts
+SELECT hour, outcome, count FROM request_outcomes WHERE hour >= $1 ORDER BY hour, outcome
+
+-- name: prune_outcomes
+DELETE FROM request_outcomes WHERE hour < $1
