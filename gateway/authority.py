@@ -169,9 +169,10 @@ class TokenAuthority:
 
     async def list(self, *, subject: str | None = None, status: str | None = None,
                    family: str | None = None, limit: int = 50, cursor: str | None = None,
-                   max_limit: int = MAX_PAGE) -> tuple[list[TokenRecord], str | None]:
+                   max_limit: int = MAX_PAGE, expires_before: datetime | None = None,
+                   ) -> tuple[list[TokenRecord], str | None]:
         flt = TokenFilter(check_filter("subject", subject), check_status(status),
-                          check_filter("family", family))
+                          check_filter("family", family), expires_before=expires_before)
         limit = check_limit(limit, max_limit)
         page = await self.store.list_tokens(flt, self.clock(), limit + 1, decode_cursor(cursor))
         more = len(page) > limit
