@@ -1,0 +1,201 @@
+"""The admin page's operator views in headless Chromium, against a real gateway and upstream:
+the dashboard (requests by outcome, expiring tokens), token editing, alerts, suspension."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.async_api import Page, expect
+
+from gateway.authority import Actor
+from tests.browser.test_admin_page import BOOT, XSS, page, sign_in, tab  # noqa: F401
+from tests.e2e.conftest import backend_pair, http, start_gateway, upstream  # noqa: F401
+
+pytestmark = pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+CLI = Actor("cli:test")
+ADMIN = {"Authorization": f"Bearer {BOOT}"}
+ROUTES = [{"path": "/reports/*", "scopes": ["reports"]}]
+
+
+@pytest.fixture
+async def gw(start_gateway):  # noqa: F811
+    return await start_gateway(admin_token=BOOT, routes=ROUTES, failed_auth_limit=None)
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+async def no_markup_ran(tab_: Page) -> None:
+    """No value from the API became markup: no injected element, no script ran (a dialog)."""
+    assert await tab_.locator("main img, main script:not([src])").count() == 0
+    assert not [p for p in tab_.problems if p.startswith("dialog")]
+
+
+async def test_dashboard_charts_real_traffic_and_lists_tokens_expiring_soon(page, gw, http,  # noqa: F811
+                                                                            artifacts):
+    auth = gw.gateway.authority
+    _, reader = await auth.create(CLI, subject="alice", name="reader", scopes=["read"])
+    _, slow = await auth.create(CLI, subject="alice", name="slow", rate_limit="1/minute")
+    soon, _ = await auth.create(CLI, subject="bob", name="soon", expires_in=2 * 86400)
+    xss, _ = await auth.create(CLI, subject=XSS, name=XSS, expires_in=10 * 86400)
+    await auth.create(CLI, subject="bob", name="later", expires_in=60 * 86400)
+    await auth.create(CLI, subject="bob", name="never")
+
+    statuses = []
+    for headers, path in ([bearer(reader), "/echo"], [bearer(reader), "/echo"],
+                          [bearer(reader), "/echo"], [bearer(slow), "/echo"],
+                          [bearer(slow), "/echo"],  # over 1/minute: 429
+                          [{}, "/echo"], [{}, "/echo"],  # no credential: 401
+                          [bearer("agt_" + "z" * 38), "/echo"],  # unknown token: 401
+                          [bearer(reader), "/reports/q1"]):  # missing scope: 403
+        statuses.append((await http.get(f"{gw.proxy}{path}", headers=headers)).status_code)
+    assert statuses == [200, 200, 200, 200, 429, 401, 401, 401, 403]
+    await gw.gateway.usage.flush()
+
+    await sign_in(page, gw)
+    legend = page.locator("#outcome-legend")
+    expected = {"ok": "4", "rate_limited": "1", "no_credential": "2", "invalid_token": "1",
+                "insufficient_scope": "1", "unavailable": "0"}
+    for outcome, count in expected.items():
+        await expect(legend.locator(f'[data-outcome="{outcome}"] .count')).to_have_text(count)
+    # this hour's bar is stacked from each outcome's segment, admitted and refused
+    segments = page.locator("#outcome-chart rect.seg")
+    await expect(segments).to_have_count(5)
+    heights = {await s.get_attribute("data-outcome"): float(await s.get_attribute("height"))
+               for s in await segments.all()}
+    assert heights["ok"] == pytest.approx(4 * heights["invalid_token"])
+    assert heights["no_credential"] == pytest.approx(2 * heights["rate_limited"])
+    assert await page.locator("#outcome-chart g").count() == 24
+    label = await page.locator("#outcome-chart").get_attribute("aria-label")
+    assert "ok 4" in label and "insufficient_scope 1" in label
+
+    rows = page.locator("#expiring tbody tr")
+    await expect(rows).to_have_count(2)  # soonest first; 60 days and never are not listed
+    assert [await r.get_attribute("data-token-id") for r in await rows.all()] == [soon.id,
+                                                                                  xss.id]
+    await expect(rows.nth(0).locator("td").nth(3)).to_have_text(re.compile(r"^(1 d|2 d|\d+ h)$"))
+    await expect(rows.nth(1).locator("td").first).to_have_text(XSS)  # as text
+    await expect(rows.nth(1).locator("td").nth(1)).to_have_text(XSS)
+    await no_markup_ran(page)
+    await page.screenshot(path=str(artifacts / "admin-dashboard-outcomes.png"), full_page=True)
+
+    # more traffic shows after the next flush and a reload of the dashboard
+    for _ in range(2):
+        await http.get(f"{gw.proxy}/echo", headers=bearer(reader))
+    await gw.gateway.usage.flush()
+    await tab(page, "Tokens")
+    await tab(page, "Dashboard")
+    await expect(legend.locator('[data-outcome="ok"] .count')).to_have_text("6")
+    assert page.problems == []
+
+
+async def test_a_self_caller_sees_its_expiring_tokens_but_not_the_operator_panels(page, gw):  # noqa: F811
+    auth = gw.gateway.authority
+    _, mine = await auth.create(CLI, subject="team-a", name="team key",
+                                scopes=["authgate:self"], expires_in=20 * 86400)
+    await auth.create(CLI, subject="team-b", name="other", expires_in=86400)
+    await sign_in(page, gw, mine)
+    await expect(page.locator("#expiring tbody tr")).to_have_count(1)
+    await expect(page.locator("#expiring tbody")).to_contain_text("team key")
+    await expect(page.locator("#outcomes-card")).to_be_hidden()
+    await expect(page.locator("#top-subjects")).to_be_hidden()
+
+
+async def test_edit_a_token_and_see_the_change_through_the_api(page, gw, http,  # noqa: F811
+                                                               artifacts):
+    auth = gw.gateway.authority
+    record, secret = await auth.create(CLI, subject="carol", name="old-name", scopes=["read"],
+                                       rate_limit="100/minute")
+    await sign_in(page, gw)
+    await tab(page, "Tokens")
+    await page.locator(f'tr[data-token-id="{record.id}"]').get_by_role(
+        "button", name="Details").click()
+    detail = page.locator("#token-detail")
+    await expect(detail.locator("dd", has_text="100 per 60 s")).to_have_count(1)
+    await detail.get_by_role("button", name="Edit").click()
+    form = page.locator("#edit-form")
+    await expect(form.get_by_label("Token rate limit")).to_have_value("100/minute")
+    await form.get_by_label("Token name").fill(XSS)
+    await form.get_by_label("Token scopes").fill("read reports")
+    await form.get_by_label("Token rate limit").fill("5 per 10 s")
+    await form.get_by_label("Token expiry").fill("2031-01-31T12:00:00Z")
+    await form.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#flash")).to_have_text(
+        f"Saved name, scopes, rate_limit, expires_at of {record.id}.")
+    await expect(form).to_have_count(0)  # the detail is shown afresh, without the form
+
+    got = (await http.get(f"{gw.admin}/v1/tokens/{record.id}", headers=ADMIN)).json()
+    assert got["name"] == XSS and got["scopes"] == ["read", "reports"]
+    assert got["rate_limit"] == {"limit": 5, "window_s": 10}
+    assert got["expires_at"] == "2031-01-31T12:00:00Z"
+    r = await http.get(f"{gw.proxy}/reports/x", headers=bearer(secret))
+    assert r.status_code == 200  # the new scope works at once
+    await expect(page.locator("#detail-title")).to_have_text(f"{XSS} ({record.id})")
+    await expect(page.locator(f'tr[data-token-id="{record.id}"] td').first).to_have_text(XSS)
+
+    # only what changed is sent: clearing the rate limit leaves the rest as it is
+    await detail.get_by_role("button", name="Edit").click()
+    await form.get_by_label("Token rate limit").fill("")
+    await form.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#flash")).to_have_text(f"Saved rate_limit of {record.id}.")
+    got = (await http.get(f"{gw.admin}/v1/tokens/{record.id}", headers=ADMIN)).json()
+    assert got["rate_limit"] is None and got["name"] == XSS
+
+    # refused: the API's words, naming the field; nothing changes
+    await detail.get_by_role("button", name="Edit").click()
+    await form.get_by_label("Token name").fill("renamed")
+    await form.get_by_label("Token expiry").fill("next tuesday")
+    await form.get_by_role("button", name="Save changes").click()
+    error = page.locator("#edit-error")
+    await expect(error).to_contain_text(re.compile(r"^422: body\.expires_at"))
+    await page.screenshot(path=str(artifacts / "admin-token-edit-refused.png"), full_page=True)
+    await form.get_by_label("Token expiry").fill("2031-01-31T12:00:00Z")
+    await form.get_by_label("Token rate limit").fill("burst=10/fortnight")
+    await form.get_by_role("button", name="Save changes").click()
+    await expect(error).to_contain_text('rate_limit: "burst=10/fortnight" is not name=N/unit')
+    got = (await http.get(f"{gw.admin}/v1/tokens/{record.id}", headers=ADMIN)).json()
+    assert got["name"] == XSS and got["expires_at"] == "2031-01-31T12:00:00Z"
+    await form.get_by_role("button", name="Discard").click()
+    await expect(form).to_have_count(0)
+    await no_markup_ran(page)
+    assert page.problems == [  # the refused save, on purpose
+        "Failed to load resource: the server responded with a status of 422 "
+        "(Unprocessable Entity)"]
+
+
+async def test_a_self_callers_refused_edit_shows_the_403_naming_what_it_may_not_do(
+        page, gw, http):  # noqa: F811
+    auth = gw.gateway.authority
+    _, mine = await auth.create(CLI, subject="team-a", name="team key",
+                                scopes=["authgate:self", "read"], rate_limit="10/minute")
+    child, _ = await auth.create(CLI, subject="team-a", name="child", scopes=["read"],
+                                 rate_limit="5/minute")
+    await sign_in(page, gw, mine)
+    await tab(page, "Tokens")
+    await page.locator(f'tr[data-token-id="{child.id}"]').get_by_role(
+        "button", name="Details").click()
+    await page.locator("#token-detail").get_by_role("button", name="Edit").click()
+    form = page.locator("#edit-form")
+    await form.get_by_label("Token scopes").fill("read write")
+    await form.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#edit-error")).to_have_text(
+        re.compile(r"^403: .*write"))
+    await form.get_by_label("Token scopes").fill("read")
+    await form.get_by_label("Token rate limit").fill("1000/minute")
+    await form.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#edit-error")).to_have_text(re.compile(r"^403: .*rate_limit"))
+    got = (await http.get(f"{gw.admin}/v1/tokens/{child.id}", headers=ADMIN)).json()
+    assert got["scopes"] == ["read"] and got["rate_limit"] == {"limit": 5, "window_s": 60}
+
+
+async def test_views_of_apis_the_gateway_lacks_are_hidden(page, gw, http):  # noqa: F811
+    paths = (await http.get(f"{gw.admin}/openapi.json")).json()["paths"]
+    await sign_in(page, gw)
+    nav = page.locator("#nav")
+    for name, path in (("Alerts", "/v1/alerts"), ("Subjects", "/v1/subjects/suspended")):
+        button = nav.get_by_role("button", name=name, exact=True)
+        await expect(button).to_have_count(1 if path in paths else 0)
+    assert page.problems == []  # no call to an endpoint that is not there
+
