@@ -213,6 +213,8 @@ class Settings(_Strict):
         default_factory=lambda: {"reader": ("read",), "writer": ("read", "write")})
     routes: tuple[Route, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed (§6)
+    # Tokens created for one subject by any caller, counted in the store (SPEC §3); None = off.
+    creation_limit: OptionalRateLimit = None
 
     @field_validator("listen", "admin_listen")
     @classmethod

@@ -10,6 +10,7 @@
     errors.py   every error as {"error", "error_description"} (gateway.responses)
     guard.py    body size limit and cross-site refusal (ASGI middleware)
     export.py   CSV export
+    subjects.py /v1/subjects/{subject}/suspend|resume|suspension, /v1/subjects/suspended
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway.admin import api, dashboard, errors, ops, page
+from gateway.admin import subjects as admin_subjects
 from gateway.admin.deps import AdminServices
 from gateway.admin.guard import AdminGuard
 
@@ -35,5 +37,6 @@ def build_admin_app(services: AdminServices | None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(page.router)
     app.include_router(dashboard.router)
+    admin_subjects.install(app)  # suspension routes, the creation limit's 429
     app.add_middleware(AdminGuard)
     return app
