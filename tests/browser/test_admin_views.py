@@ -4,6 +4,7 @@ the dashboard (requests by outcome, expiring tokens), token editing, alerts, sus
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.async_api import Page, expect
@@ -199,3 +200,151 @@ async def test_views_of_apis_the_gateway_lacks_are_hidden(page, gw, http):  # no
         await expect(button).to_have_count(1 if path in paths else 0)
     assert page.problems == []  # no call to an endpoint that is not there
 
+
+
+ALERTS = {"check_interval_s": 3600, "channels": [{"type": "log"}], "expiry_days": [30, 7],
+          "rotation": None,
+          "detectors": {"failed_auth": {"count": 3, "window": "5m"}, "multi_ip": None,
+                        "rapid_use": None, "rate_limit_breach": None}}
+
+
+async def test_alerts_view_filters_badges_and_pages_real_alerts(start_gateway, browser, http,  # noqa: F811
+                                                                artifacts):
+    gw = await start_gateway(admin_token=BOOT, alerts=ALERTS, failed_auth_limit=None)
+    auth = gw.gateway.authority
+    urgent, _ = await auth.create(CLI, subject="alice", name="deploy", expires_in=5 * 86400)
+    await auth.create(CLI, subject=XSS, name=XSS, expires_in=20 * 86400)
+    for i in range(22):
+        await auth.create(CLI, subject="fleet", name=f"node-{i:02}", expires_in=25 * 86400)
+    for _ in range(4):  # refused credentials from one address: failed_auth
+        r = await http.get(f"{gw.proxy}/echo", headers=bearer("agt_" + "q" * 38))
+        assert r.status_code == 401
+    await gw.gateway.usage.flush()
+    raised = await gw.gateway.services.monitor.check_once()
+    kinds = sorted({a.kind for a in raised})
+    assert kinds == ["failed_auth", "token_expiring"] and len(raised) >= 25
+
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()  # noqa: F811
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    await page.goto(f"{gw.admin}/admin")
+    await page.get_by_label("Admin token").fill(BOOT)
+    await page.get_by_role("button", name="Sign in").click()
+    recent = page.locator("#recent-alerts tbody tr")
+    await expect(recent).to_have_count(5)
+
+    await tab(page, "Alerts")
+    rows = page.locator("#alerts-table tbody tr")
+    await expect(rows).to_have_count(20)
+    times = [await r.locator("td").first.text_content() for r in await rows.all()]
+    assert times == sorted(times, reverse=True)  # newest first
+    await expect(page.get_by_role("button", name="Previous")).to_be_disabled()
+    await page.get_by_role("button", name="Next").click()
+    await expect(rows).to_have_count(len(raised) - 20)
+    await expect(page.get_by_role("button", name="Next")).to_be_disabled()
+
+    await page.locator("#alerts-kind").select_option("failed_auth")
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.locator("td").nth(6)).to_have_text("127.0.0.1")
+    await expect(rows.locator(".badge")).to_have_count(1)
+
+    await page.locator("#alerts-kind").select_option("")
+    await page.locator("#alerts-subject").fill("alice")
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.locator(".badge")).to_have_text("high")  # 5 days left: the 7-day one
+    await expect(rows.locator(".badge")).to_have_class(re.compile(r"\bsev-high\b"))
+    await expect(rows.locator("td").nth(4)).to_have_text(urgent.id)
+
+    await page.locator("#alerts-subject").fill("")
+    await page.locator("#alerts-token").fill(urgent.id)
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await page.locator("#alerts-token").fill("")
+    await page.locator("#alerts-subject").fill(XSS)
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(1)
+    await expect(rows.locator("td").nth(5)).to_have_text(XSS)  # as text, not markup
+    await expect(rows.locator(".badge")).to_have_class(re.compile(r"\bsev-low\b"))
+    await page.locator("#alerts-subject").fill("")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")
+    await page.locator("#alerts-since").fill(tomorrow)
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(0)
+    await page.locator("#alerts-since").fill("")
+    await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(20)
+    await page.screenshot(path=str(artifacts / "admin-alerts.png"), full_page=True)
+    assert await page.locator("main img").count() == 0
+    assert problems == []
+    await context.close()
+
+
+async def test_suspend_and_resume_a_subject_from_the_page(page, gw, http, artifacts):  # noqa: F811
+    auth = gw.gateway.authority
+    record, secret = await auth.create(CLI, subject="dave", name="laptop")
+    _, other = await auth.create(CLI, subject="erin", name="keep")
+    _, odd = await auth.create(CLI, subject=XSS, name="odd")
+
+    async def status(s: str) -> int:
+        return (await http.get(f"{gw.proxy}/echo", headers=bearer(s))).status_code
+
+    assert await status(secret) == 200
+    await sign_in(page, gw)
+    await tab(page, "Subjects")
+    await page.locator("#suspend-subject").fill("dave")
+    await page.locator("#suspend-reason").fill("laptop stolen")
+    await page.get_by_role("button", name="Suspend", exact=True).click()
+    await expect(page.locator("#flash")).to_have_text("Suspended dave: its tokens are refused.")
+    row = page.locator('#subjects-table tr[data-subject="dave"]')
+    await expect(row).to_have_count(1)
+    await expect(row.locator("td").nth(2)).to_have_text("laptop stolen")
+    await expect(row.locator("td").nth(3)).to_have_text("admin:bootstrap")
+    assert await status(secret) == 401  # refused while suspended, nothing revoked
+    assert await status(other) == 200
+    got = (await http.get(f"{gw.admin}/v1/tokens/{record.id}", headers=ADMIN)).json()
+    assert got["status"] == "active"
+
+    await page.locator("#suspend-subject").fill(XSS)
+    await page.get_by_role("button", name="Suspend", exact=True).click()
+    await expect(page.locator("#subjects-table tbody tr")).to_have_count(2)
+    await expect(page.locator("#subjects-table tbody tr").first.locator("td").first
+                 ).to_have_text(XSS)
+    assert await status(odd) == 401
+    await tab(page, "Dashboard")
+    await expect(page.locator("#dash-suspended tbody tr")).to_have_count(2)
+    await expect(page.locator("#dash-suspended tbody")).to_contain_text("laptop stolen")
+    await tab(page, "Subjects")
+    await page.screenshot(path=str(artifacts / "admin-subjects.png"), full_page=True)
+
+    await row.get_by_role("button", name="Resume").click()
+    await page.locator("#confirm-dialog").get_by_label("Reason").fill("laptop found")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(page.locator("#flash")).to_have_text("Resumed dave: its tokens work again.")
+    await expect(row).to_have_count(0)
+    assert await status(secret) == 200
+
+    # from a token's detail: the subject's state, and the button that changes it
+    await tab(page, "Tokens")
+    await page.locator(f'tr[data-token-id="{record.id}"]').get_by_role(
+        "button", name="Details").click()
+    detail = page.locator("#token-detail")
+    await expect(detail.locator("dd", has_text="not suspended")).to_have_count(1)
+    await detail.get_by_role("button", name="Suspend subject").click()
+    await page.locator("#confirm-dialog").get_by_label("Reason").fill("audit")
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(detail.locator("dd", has_text="suspended since")).to_contain_text("(audit)")
+    assert await status(secret) == 401
+    await detail.get_by_role("button", name="Resume subject").click()
+    await page.get_by_role("button", name="Confirm").click()
+    await expect(detail.locator("dd", has_text="not suspended")).to_have_count(1)
+    assert await status(secret) == 200
+    events = (await http.get(f"{gw.admin}/v1/events?subject=dave", headers=ADMIN)).json()
+    types = [e["type"] for e in events["items"]]
+    assert types.count("subject_suspended") == 2 and types.count("subject_resumed") == 2
+    await no_markup_ran(page)
+    assert page.problems == []
