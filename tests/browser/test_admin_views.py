@@ -102,6 +102,8 @@ async def test_a_self_caller_sees_its_expiring_tokens_but_not_the_operator_panel
     await expect(page.locator("#expiring tbody")).to_contain_text("team key")
     await expect(page.locator("#outcomes-card")).to_be_hidden()
     await expect(page.locator("#top-subjects")).to_be_hidden()
+    await expect(page.locator("#recent-alerts")).to_be_hidden()
+    await expect(page.locator("#nav").get_by_role("button", name="Subjects")).to_be_hidden()
 
 
 async def test_edit_a_token_and_see_the_change_through_the_api(page, gw, http,  # noqa: F811

@@ -222,10 +222,11 @@ async function loadStats() {
   } catch (err) {
     $("stats").replaceChildren(el("p", { class: "hint" }, err.message));
     isAdmin = false;
-    // the rest of the dashboard is the operator's (admin only)
+    // the rest of the dashboard, and suspension, are the operator's (admin only)
     for (const id of ["outcomes-card", "top-subjects", "recent-alerts", "dash-suspended"]) {
       $(id).closest(".card").hidden = true;
     }
+    document.querySelector('#nav [data-view="subjects"]').hidden = true;
     return;
   }
   isAdmin = true;
