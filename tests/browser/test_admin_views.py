@@ -350,3 +350,38 @@ async def test_suspend_and_resume_a_subject_from_the_page(page, gw, http, artifa
     assert types.count("subject_suspended") == 2 and types.count("subject_resumed") == 2
     await no_markup_ran(page)
     assert page.problems == []
+
+
+async def test_detail_shows_credits_and_named_limits_and_edits_them(page, gw, http):  # noqa: F811
+    schemas = (await http.get(f"{gw.admin}/openapi.json")).json()["components"]["schemas"]
+    if "credits" not in schemas["TokenCreate"]["properties"]:
+        # LEAD: runs by itself once branch 'credits' (SPEC §13) is merged.
+        pytest.skip("the API has no credits / named limits yet (branch credits)")
+    r = await http.post(f"{gw.admin}/v1/tokens", headers=ADMIN, json={
+        "subject": "metered", "name": "meter",
+        "rate_limit": [{"name": "burst", "limit": 10, "window_s": 1},
+                       {"name": "hourly", "limit": 1000, "window_s": 3600}],
+        "credits": {"remaining": 500, "refill": {"amount": 1000, "interval": "month"}}})
+    assert r.status_code == 201, r.text
+    tid = r.json()["id"]
+    await sign_in(page, gw)
+    await tab(page, "Tokens")
+    await page.locator(f'tr[data-token-id="{tid}"]').get_by_role("button",
+                                                                 name="Details").click()
+    detail = page.locator("#token-detail")
+    await expect(detail.locator("dd", has_text="burst: 10 per 1 s; hourly: 1000 per 3600 s")
+                 ).to_have_count(1)
+    await expect(detail.locator("dd", has_text="500 remaining, refill 1000 per month")
+                 ).to_have_count(1)
+    await detail.get_by_role("button", name="Edit").click()
+    rate = page.locator("#edit-form").get_by_label("Token rate limit")
+    await expect(rate).to_have_value("burst=10/second hourly=1000/hour")
+    await rate.fill("burst=5/second hourly=1000/hour")
+    await page.get_by_role("button", name="Save changes").click()
+    await expect(page.locator("#flash")).to_have_text(f"Saved rate_limit of {tid}.")
+    got = (await http.get(f"{gw.admin}/v1/tokens/{tid}", headers=ADMIN)).json()
+    assert got["rate_limit"] == [{"name": "burst", "limit": 5, "window_s": 1},
+                                 {"name": "hourly", "limit": 1000, "window_s": 3600}]
+    assert got["credits"]["remaining"] == 500
+    await expect(detail.locator("dd", has_text="burst: 5 per 1 s")).to_have_count(1)
+    assert page.problems == []
