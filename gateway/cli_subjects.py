@@ -12,6 +12,16 @@ import click
 from gateway import subjects as subject_ops
 from gateway.authority import TokenAuthority
 from gateway.cli_base import COUNT, _actor, _print_json, json_option, paged, run, store_options
+from gateway.errors import InvalidInput
+from gateway.values import check_text
+
+
+def _subject(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Bounded like a token's subject (SPEC §5: a malformed value is bad usage, exit 2)."""
+    try:
+        return check_text("subject", value)
+    except InvalidInput as e:
+        raise click.BadParameter(e.message) from None
 
 
 @click.group()
@@ -20,7 +30,7 @@ def subjects() -> None:
 
 
 @subjects.command()
-@click.argument("subject")
+@click.argument("subject", callback=_subject)
 @click.option("--reason", help="Why, for the audit log.")
 @json_option
 @store_options
@@ -38,7 +48,7 @@ async def suspend(auth: TokenAuthority, subject: str, reason: str | None, as_jso
 
 
 @subjects.command()
-@click.argument("subject")
+@click.argument("subject", callback=_subject)
 @click.option("--reason", help="Why, for the audit log.")
 @json_option
 @store_options

@@ -17,9 +17,9 @@ Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (``e
 the metric label) and a message; ``gateway.responses`` is the one place that turns it into
 headers and a body.
 Each refusal is also one event, counted in memory (SPEC §8): ``auth_failed`` for a 401
-(``details.reason``: missing, malformed, unknown, revoked, expired, suspended,
-replay), ``access_denied`` for
-a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or ``client_ip``).
+(``details.reason``: missing, malformed, unknown, revoked, expired, suspended, replay),
+``access_denied`` for a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or
+``client_ip``).
 
 The brake: refused credentials are charged to the client address in the limiter (I/O, but only
 on a refusal). When the limiter refuses a charge, the address is remembered here as blocked until

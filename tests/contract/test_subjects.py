@@ -194,6 +194,13 @@ async def test_imports_do_not_count(store, clock, tmp_path):
     assert await run_import(store, "sha256", read_jsonl("sha256", str(path)), str(path),
                             "cli:t") == (3, 0)
     await auth.create(CLI, subject="alice", name="mine")  # the one creation of the hour
+    # imported tokens are found by the same joined lookup: suspension reaches them too
+    imported = [r for r in (await auth.list(subject="alice"))[0] if r.legacy_kind]
+    assert len(imported) == 3
+    await subjects.suspend(auth, CLI, "alice")
+    for r in imported:
+        found = await store.get_by_hash(r.token_hash)
+        assert found is not None and found.suspended
 
 
 async def test_the_creation_limit_is_exact_under_concurrency(store_url, store, clock):

@@ -223,7 +223,10 @@ def test_cli_suspend_resume_list_and_the_creation_limit(store_url, store):
         == "alice was not suspended"
     assert authgate("subjects", "list", "--json", store=store_url).stdout.strip() == "[]"
     bad = authgate("subjects", "suspend", "x" * 201, store=store_url, check=2)
+    assert "'SUBJECT'" in bad.stderr.splitlines()[-1]
     assert "at most 200 characters" in bad.stderr.splitlines()[-1]
+    authgate("subjects", "resume", "a\tb", store=store_url, check=2)
+    authgate("subjects", "suspend", "s", "--reason", "r" * 501, store=store_url, check=2)
     authgate("subjects", "suspend", store=store_url, check=2)
 
     env = {"AUTHGATE_CREATION_LIMIT": "1/day"}
