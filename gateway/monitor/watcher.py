@@ -134,9 +134,8 @@ class Watcher:
         """A leader's tick: record a pending outage alert, then run the checks; a store that
         is down skips the run (counted) and raises store_unreachable in memory."""
         try:
-            if self._outage is not None:
-                await self._record_outage()
-            return await self.run_checks()
+            recorded = await self._record_outage() if self._outage is not None else []
+            return recorded + await self.run_checks()
         except StoreUnavailable as e:
             self.metrics.monitor_checks_skipped.inc()
             self._store_down(str(e))
@@ -154,7 +153,7 @@ class Watcher:
         asyncio.get_running_loop().create_task(LogChannel().send(
             self._outage.public(), self._outage.id))
 
-    async def _record_outage(self) -> None:
+    async def _record_outage(self) -> list[Alert]:
         alert = self._outage
         assert alert is not None
         back = self.clock()
@@ -163,8 +162,9 @@ class Watcher:
             "threshold", "window")}, "message": alert.message.split(":")[0]
             + f" from {rfc3339(alert.raised_at)} to {rfc3339(back)}",
             "details": {**alert.details, "until": rfc3339(back)}})
-        await self.raise_alert(recorded)
+        raised = await self.raise_alert(recorded)
         self._outage = None
+        return [recorded] if raised else []
 
     # --- the loop -------------------------------------------------------------------------------
 
