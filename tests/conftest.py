@@ -73,6 +73,7 @@ async def open_empty_store(url: str) -> SqlStore:
     if s.dialect == "postgresql":  # one database per run: empty it between tests
         async with s.driver.transaction() as tx:
             await tx.execute("TRUNCATE tokens, token_events, token_usage_daily, token_usage_ips")
+            await tx.execute("TRUNCATE alerts, alert_deliveries, monitor_lease")  # 006
     return s
 
 

@@ -99,3 +99,6 @@ SELECT dedup_key FROM alerts WHERE kind = $1 AND raised_at >= $2;
 -- name: recent_alerts
 SELECT id, dedup_key, raised_at, details FROM alerts WHERE kind = $1 AND raised_at >= $2
 ORDER BY seq;
+
+-- name: release_claim
+UPDATE alert_deliveries SET claimed_until = NULL WHERE id = $1 AND delivered_at IS NULL;

@@ -69,6 +69,7 @@ class Watcher:
         self._last_check: float | None = None
         self._outage: Alert | None = None  # store_unreachable, raised in memory
         self._task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Watcher:
             "skipped and alerts wait until it answers", f"{self.holder}|{rfc3339(now)}", now,
             details={"since": rfc3339(now), "error": why[:200]})
         # the log channel at once: no other channel can be reached through the outbox now
-        asyncio.get_running_loop().create_task(LogChannel().send(
+        self._log_task = asyncio.get_running_loop().create_task(LogChannel().send(
             self._outage.public(), self._outage.id))
 
     async def _record_outage(self) -> list[Alert]:
