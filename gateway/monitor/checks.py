@@ -16,7 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.authority import new_id, rfc3339
@@ -316,17 +316,12 @@ class Checks:
             for (subject, bucket), (n, limit, window) in firsts.items()]
 
     async def token_replay(self, now: datetime) -> list[Alert]:
-        """Each token_replay_detected event (authority.check_replay records it) once."""
-        out = []
-        for e in await self._events("token_replay_detected", now - LOOKBACK):
-            details = _details(e["details"])
-            out.append(make_alert(
-                "token_replay_detected", "critical", f"a rotated-out token {e['token_id']} of "
-                f"{e['subject']} was presented after its grace: its family was revoked",
-                str(e["id"]), now, token_id=e["token_id"], subject=e["subject"], ip=e["ip"],
-                details={"event_id": e["id"], "at": rfc3339(_when(e["at"])),
-                         **{k: v for k, v in details.items() if k in ("revoked", "family")}}))
-        return out
+        """Each token_replay_detected event (authority.check_replay records it) once: the
+        replica that handled the replay raises it at once (``replay_alert``); this finds any
+        it could not (a crash, the store down for a moment) at the next check."""
+        return [replay_alert(e["token_id"], e["subject"], e["ip"], _when(e["at"]),
+                             _details(e["details"]), now)
+                for e in await self._events("token_replay_detected", now - LOOKBACK)]
 
     def all(self) -> Iterable[Callable[[datetime], Any]]:
         return (self.token_expiring, self.rotation_due, self.inactive, self.multi_ip,
@@ -334,5 +329,13 @@ class Checks:
                 self.token_replay)
 
 
-def utc(dt: datetime) -> datetime:
-    return dt.astimezone(UTC)
+def replay_alert(token_id: str | None, subject: str | None, ip: str | None, at: datetime,
+                 details: Mapping[str, Any], now: datetime) -> Alert:
+    """A family is replayed once (the store records the first presentation only), so the
+    family is the key, the same from the event and from where it happened."""
+    family = str(details.get("family") or token_id)
+    return make_alert(
+        "token_replay_detected", "critical", f"rotated-out token {token_id} of {subject} was "
+        "presented after its grace: its family was revoked", family, now, token_id=token_id,
+        subject=subject, ip=ip, details={"family": family, "at": rfc3339(at), **{
+            k: v for k, v in details.items() if k == "revoked"}})

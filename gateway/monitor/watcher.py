@@ -30,11 +30,11 @@ from gateway.config import Alerts
 from gateway.errors import AuthgateError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.monitor.channels import Channel, HttpSession, LogChannel, build_channels
-from gateway.monitor.checks import Checks, make_alert
+from gateway.monitor.checks import Checks, make_alert, replay_alert
 from gateway.monitor.model import ACTOR, KINDS, Alert
 from gateway.monitor.outbox import Outbox
 from gateway.monitor.repo import AlertStore
-from gateway.store import SqlStore
+from gateway.store import Event, SqlStore
 
 log = logging.getLogger("authgate.alerts")
 LIFECYCLE = {"token_expiring", "rotation_due", "inactive_token_revoked"}
@@ -70,6 +70,7 @@ class Watcher:
         self._outage: Alert | None = None  # store_unreachable, raised in memory
         self._task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._replays: set[asyncio.Task[None]] = set()
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -167,6 +168,20 @@ class Watcher:
         self._outage = None
         return [recorded] if raised else []
 
+    def replayed(self, event: Event) -> None:
+        """A replay this process just handled: raise it now, off the request (a task), on
+        whichever replica it happened; the next check finds it if this fails."""
+        alert = replay_alert(event.token_id, event.subject, event.ip, event.at, event.details,
+                             self.clock())
+
+        async def raise_it() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.raise_alert(alert)
+
+        task = asyncio.get_running_loop().create_task(raise_it())
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
+
     # --- the loop -------------------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -213,6 +228,8 @@ class Watcher:
                 with contextlib.suppress(StoreUnavailable):
                     await self.repo.release_lease(self.holder)
                 self.leader = False
+        if self._replays:
+            await asyncio.gather(*self._replays, return_exceptions=True)
         await self.outbox.stop()
         await self._session.close()
 

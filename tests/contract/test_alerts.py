@@ -215,18 +215,37 @@ async def test_failed_auth_rate_limit_breach_and_creation_rate(replicas: Open,
     assert [(a.kind, a.ip) for a in await w.run_checks()] == [("failed_auth", "203.0.113.5")]
 
 
-async def test_token_replay_is_raised_once(replicas: Open, clock: Clock) -> None:
+async def test_token_replay_is_raised_where_it_happens_and_once(replicas: Open,
+                                                                 clock: Clock) -> None:
     gw = await replicas({"detectors": OFF, "expiry_days": [], "rotation": None})
+    other = await replicas({"detectors": OFF, "expiry_days": [], "rotation": None})
     auth, w = gw.authority, watcher(gw)
     old, _ = await auth.create(ACTOR, subject="s", name="t")
     await auth.rotate(ACTOR, old.id, "1m")
     clock.advance(minutes=2)
     assert await auth.check_replay(await auth.get(old.id), Actor("gateway", "192.0.2.8"))
-    raised = await w.run_checks()
-    assert [(a.kind, a.severity, a.token_id, a.ip) for a in raised] == [
-        ("token_replay_detected", "critical", old.id, "192.0.2.8")]
-    assert raised[0].details["revoked"] >= 1
-    assert await w.run_checks() == []
+    await asyncio.gather(*w._replays)  # raised at once, off the request, by this replica
+    [alert] = await alerts_of(gw, "token_replay_detected")
+    assert (alert.severity, alert.token_id, alert.subject, alert.ip) == (
+        "critical", old.id, "s", "192.0.2.8")
+    assert alert.details["family"] == old.family and alert.details["revoked"] >= 1
+    # the checks (on any replica) find the event and raise nothing more
+    assert await watcher(other).run_checks() == [] and await w.run_checks() == []
+
+
+async def test_a_replay_missed_where_it_happened_is_raised_by_the_next_check(
+        replicas: Open, clock: Clock) -> None:
+    gw = await replicas({"detectors": OFF, "expiry_days": [], "rotation": None})
+    auth = gw.authority
+    auth.on_replay = None  # as if the replica crashed before raising it
+    old, _ = await auth.create(ACTOR, subject="s", name="t")
+    await auth.rotate(ACTOR, old.id, "1m")
+    clock.advance(minutes=2)
+    assert await auth.check_replay(await auth.get(old.id), Actor("gateway", "192.0.2.8"))
+    raised = await watcher(gw).run_checks()
+    assert [(a.kind, a.token_id, a.ip) for a in raised] == [
+        ("token_replay_detected", old.id, "192.0.2.8")]
+    assert await watcher(gw).run_checks() == []
 
 
 async def test_two_replicas_raise_and_deliver_each_alert_once(replicas: Open,
