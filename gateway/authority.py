@@ -102,6 +102,8 @@ class TokenAuthority:
         self.settings = settings
         self.clock = clock
         self._invalidate = invalidate
+        # Told of each replay this process handled (the alert watcher, when alerts is set).
+        self.on_replay: Callable[[Event], None] | None = None
 
     async def _changed(self, revoked: Sequence[Revoked] | None) -> None:
         if self._invalidate is not None:
@@ -312,6 +314,8 @@ class TokenAuthority:
         done = await self.store.revoke_replayed(record.family, REPLAYED, event)
         if done is not None:
             await self._changed(done)
+            if self.on_replay is not None:
+                self.on_replay(event.with_details(revoked=len(done)))
         return True
 
     async def cleanup(self, actor: Actor, older_than: object = 30 * 86400) -> int:

@@ -253,7 +253,8 @@ class AlertChannel(_Strict):
     @classmethod
     def _smtp(cls, v: str | None) -> str | None:
         if v is not None and not _SMTP_RE.fullmatch(v):
-            raise ValueError("must be smtp://[user:pw@]host[:port] or smtps://...")
+            raise ValueError("must be smtp://HOST:PORT or smtps://HOST:PORT (credentials "
+                             "optional, before the host)")
         return v
 
     @field_validator("from_")

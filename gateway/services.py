@@ -96,6 +96,7 @@ class Services:
             from gateway.monitor import Watcher  # off the request path; nothing when null
 
             self.monitor = Watcher(settings.alerts, store, self.authority, self.metrics, clock)
+            self.authority.on_replay = self.monitor.replayed  # raised where it happens
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
 

@@ -83,8 +83,8 @@ JOIN tokens t ON t.id = u.token_id
 WHERE u.last_seen_at >= $1 GROUP BY u.token_id, t.subject HAVING COUNT(*) >= $2;
 
 -- name: recent_ips_of
-SELECT ip FROM token_usage_ips WHERE token_id = $1 AND last_seen_at >= $2
-ORDER BY last_seen_at DESC LIMIT 20;
+SELECT ip, last_seen_at FROM token_usage_ips WHERE token_id = $1 AND last_seen_at >= $2
+ORDER BY last_seen_at DESC LIMIT 1000;
 
 -- name: usage_counts
 SELECT id, subject, usage_count, created_at FROM tokens WHERE last_used_at >= $1;
@@ -95,3 +95,10 @@ WHERE type = $1 AND at >= $2 ORDER BY id LIMIT 50000;
 
 -- name: known_keys
 SELECT dedup_key FROM alerts WHERE kind = $1 AND raised_at >= $2;
+
+-- name: recent_alerts
+SELECT id, dedup_key, raised_at, details FROM alerts WHERE kind = $1 AND raised_at >= $2
+ORDER BY seq;
+
+-- name: release_claim
+UPDATE alert_deliveries SET claimed_until = NULL WHERE id = $1 AND delivered_at IS NULL;

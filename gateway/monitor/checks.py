@@ -3,18 +3,20 @@ records, usage per day and per address, batched refusal events) and returns cand
 Nothing here is on the request path, and nothing is written per request.
 
 Each candidate carries a dedup key: (kind, target, threshold or window). Lifecycle alerts are
-raised once per token and threshold, ever; detectors once per target and window, the window
-being the detector's own length counted from the epoch (so every replica computes the same key
-for the same moment, and a continuing attack is raised again once per window).
+raised once per token and threshold, ever. A detector counts, per target, what happened within
+its window and after the target's previous alert of that kind (so nothing is counted twice and
+a continuing attack is raised again once it crosses the threshold anew); its key is the target
+and that previous alert's id, which every replica reads alike, so two replicas checking at once
+raise it once. creation_rate is keyed by subject and the creation limit's own window.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.authority import new_id, rfc3339
@@ -32,6 +34,16 @@ def make_alert(kind: str, severity: Severity, message: str, key: str, now: datet
                **fields: Any) -> Alert:
     return Alert(id=new_id("alt"), kind=kind, severity=severity, message=message, raised_at=now,
                  dedup_key=f"{kind}|{key}", **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class _Previous:
+    id: str
+    at: datetime
+    last_event_id: int = 0  # the events it counted: up to this id
+
+    def counted(self, event: Any) -> bool:
+        return int(event["id"]) <= self.last_event_id
 
 
 def _bucket(now: datetime, window_s: int) -> int:
@@ -146,20 +158,44 @@ class Checks:
 
     # --- detectors --------------------------------------------------------------------------
 
+    async def _previous(self, kind: str, now: datetime, window_s: int) -> dict[str, _Previous]:
+        """Each target's latest alert of ``kind`` (within two days, or two windows)."""
+        since = now - max(2 * DAY, timedelta(seconds=2 * window_s))
+        out = {}
+        for r in await self.repo.fetch("recent_alerts", kind, since):
+            last = _details(r["details"]).get("last_event_id")
+            out[r["dedup_key"].split("|")[1]] = _Previous(
+                r["id"], _when(r["raised_at"]), last if isinstance(last, int) else 0)
+        return out
+
+    @staticmethod
+    def _key(target: str, previous: _Previous | None, first: int) -> str:
+        """After the target's previous alert; else from ``first`` (the first event counted, or
+        the window's number since the epoch): both only grow, so a key is never reused."""
+        return f"{target}|after:{previous.id}" if previous else f"{target}|from:{first}"
+
     async def multi_ip(self, now: datetime) -> list[Alert]:
         d = self.config.detectors.multi_ip
         if d is None:
             return []
         since = now - timedelta(seconds=d.window)
+        previous = await self._previous("multi_ip", now, d.window)
         out = []
         for r in await self.repo.fetch("ips_in_window", since, d.distinct_ips):
-            ips = [x["ip"] for x in await self.repo.fetch("recent_ips_of", r["token_id"], since)]
+            prev = previous.get(r["token_id"])
+            after = max(since, prev.at) if prev else since
+            ips = [x["ip"] for x in await self.repo.fetch("recent_ips_of", r["token_id"], after)
+                   if not prev or _when(x["last_seen_at"]) > prev.at]
+            shown = ips[:20]
+            if len(ips) < d.distinct_ips:
+                continue
             out.append(make_alert(
                 "multi_ip", "high", f"token {r['token_id']} of {r['subject']} was used from "
-                f"{int(r['ips'])} addresses within {window_text(d.window)}",
-                f"{r['token_id']}|{_bucket(now, d.window)}", now, token_id=r["token_id"],
+                f"{len(ips)} addresses within {window_text(d.window)}",
+                self._key(r["token_id"], prev, _bucket(now, d.window)), now,
+                token_id=r["token_id"],
                 subject=r["subject"], window=window_text(d.window),
-                threshold=str(d.distinct_ips), details={"distinct_ips": int(r["ips"]), "ips": ips}))
+                threshold=str(d.distinct_ips), details={"distinct_ips": len(ips), "ips": shown}))
         return out
 
     async def rapid_use(self, now: datetime) -> list[Alert]:
@@ -172,6 +208,7 @@ class Checks:
             return []
         window = timedelta(seconds=d.window)
         start = now - window
+        previous = await self._previous("rapid_use", now, d.window)
         out = []
         rows = await self.repo.fetch("usage_counts", start)
         live = set()
@@ -181,18 +218,21 @@ class Checks:
             seen = self._seen.setdefault(token_id, deque())
             while seen and seen[0].at < start:
                 seen.popleft()
-            created = r["created_at"]
-            if created is not None and _when(created) >= start:
-                base: int | None = 0
-            else:
-                base = seen[0].count if seen else None
+            prev = previous.get(token_id)
+            while seen and prev and seen[0].at < prev.at:
+                seen.popleft()  # counted by the previous alert
+            base: int | None = seen[0].count if seen else None
+            if base is None and prev is None and _when(r["created_at"]) >= start:
+                base = 0  # created inside the window: every request of it is
             seen.append(_Snapshot(now, count))
             if base is None or count - base < d.requests:
                 continue
+            seen.clear()
+            seen.append(_Snapshot(now, count))
             out.append(make_alert(
                 "rapid_use", "medium", f"token {token_id} of {r['subject']} served "
                 f"{count - base} requests within {window_text(d.window)}",
-                f"{token_id}|{_bucket(now, d.window)}", now, token_id=token_id,
+                self._key(token_id, prev, _bucket(now, d.window)), now, token_id=token_id,
                 subject=r["subject"], window=window_text(d.window), threshold=str(d.requests),
                 details={"requests": count - base}))
         for token_id in [t for t in self._seen if t not in live]:
@@ -206,41 +246,50 @@ class Checks:
         d = self.config.detectors.failed_auth
         if d is None:
             return []
-        per_ip: dict[str, int] = defaultdict(int)
+        previous = await self._previous("failed_auth", now, d.window)
+        # ip -> [count, first event id, last event id] (events come in id order)
+        per_ip: dict[str, list[int]] = {}
         for e in await self._events("auth_failed", now - timedelta(seconds=d.window)):
-            if e["ip"]:
-                per_ip[e["ip"]] += _count(_details(e["details"]))
+            prev = previous.get(e["ip"])
+            if e["ip"] and not (prev and prev.counted(e)):
+                entry = per_ip.setdefault(e["ip"], [0, int(e["id"]), 0])
+                entry[0] += _count(_details(e["details"]))
+                entry[2] = int(e["id"])
         return [make_alert(
             "failed_auth", "high", f"{n} refused credentials from {ip} within "
-            f"{window_text(d.window)}", f"{ip}|{_bucket(now, d.window)}", now, ip=ip,
-            window=window_text(d.window), threshold=str(d.count), details={"count": n})
-            for ip, n in per_ip.items() if n >= d.count]
+            f"{window_text(d.window)}", self._key(ip, previous.get(ip), first), now, ip=ip,
+            window=window_text(d.window), threshold=str(d.count),
+            details={"count": n, "last_event_id": last})
+            for ip, (n, first, last) in per_ip.items() if n >= d.count]
 
     async def rate_limit_breach(self, now: datetime) -> list[Alert]:
         d = self.config.detectors.rate_limit_breach
         if d is None:
             return []
+        previous = await self._previous("rate_limit_breach", now, d.window)
         per: dict[tuple[str, str], list[Any]] = {}  # (token|ip, id) -> [count, subject]
         for e in await self._events("rate_limited", now - timedelta(seconds=d.window)):
             details = _details(e["details"])
             if details.get("reason") == "creation_limit":
                 continue  # creation_rate's
             what, target = ("token", e["token_id"]) if e["token_id"] else ("ip", e["ip"])
-            if target is None:
+            prev = previous.get(target)
+            if target is None or (prev and prev.counted(e)):
                 continue
-            entry = per.setdefault((what, target), [0, e["subject"]])
+            entry = per.setdefault((what, target), [0, e["subject"], int(e["id"]), 0])
             entry[0] += _count(details)
+            entry[3] = int(e["id"])
         out = []
-        for (what, target), (n, subject) in per.items():
+        for (what, target), (n, subject, first, last) in per.items():
             if n < d.count:
                 continue
             out.append(make_alert(
                 "rate_limit_breach", "medium", f"{n} requests refused by rate limits for "
                 f"{'token ' + target if what == 'token' else target} within "
-                f"{window_text(d.window)}", f"{target}|{_bucket(now, d.window)}", now,
+                f"{window_text(d.window)}", self._key(target, previous.get(target), first), now,
                 token_id=target if what == "token" else None, subject=subject,
                 ip=target if what == "ip" else None, window=window_text(d.window),
-                threshold=str(d.count), details={"count": n}))
+                threshold=str(d.count), details={"count": n, "last_event_id": last}))
         return out
 
     async def creation_rate(self, now: datetime) -> list[Alert]:
@@ -267,17 +316,12 @@ class Checks:
             for (subject, bucket), (n, limit, window) in firsts.items()]
 
     async def token_replay(self, now: datetime) -> list[Alert]:
-        """Each token_replay_detected event (authority.check_replay records it) once."""
-        out = []
-        for e in await self._events("token_replay_detected", now - LOOKBACK):
-            details = _details(e["details"])
-            out.append(make_alert(
-                "token_replay_detected", "critical", f"a rotated-out token {e['token_id']} of "
-                f"{e['subject']} was presented after its grace: its family was revoked",
-                str(e["id"]), now, token_id=e["token_id"], subject=e["subject"], ip=e["ip"],
-                details={"event_id": e["id"], "at": rfc3339(_when(e["at"])),
-                         **{k: v for k, v in details.items() if k in ("revoked", "family")}}))
-        return out
+        """Each token_replay_detected event (authority.check_replay records it) once: the
+        replica that handled the replay raises it at once (``replay_alert``); this finds any
+        it could not (a crash, the store down for a moment) at the next check."""
+        return [replay_alert(e["token_id"], e["subject"], e["ip"], _when(e["at"]),
+                             _details(e["details"]), now)
+                for e in await self._events("token_replay_detected", now - LOOKBACK)]
 
     def all(self) -> Iterable[Callable[[datetime], Any]]:
         return (self.token_expiring, self.rotation_due, self.inactive, self.multi_ip,
@@ -285,5 +329,13 @@ class Checks:
                 self.token_replay)
 
 
-def utc(dt: datetime) -> datetime:
-    return dt.astimezone(UTC)
+def replay_alert(token_id: str | None, subject: str | None, ip: str | None, at: datetime,
+                 details: Mapping[str, Any], now: datetime) -> Alert:
+    """A family is replayed once (the store records the first presentation only), so the
+    family is the key, the same from the event and from where it happened."""
+    family = str(details.get("family") or token_id)
+    return make_alert(
+        "token_replay_detected", "critical", f"rotated-out token {token_id} of {subject} was "
+        "presented after its grace: its family was revoked", family, now, token_id=token_id,
+        subject=subject, ip=ip, details={"family": family, "at": rfc3339(at), **{
+            k: v for k, v in details.items() if k == "revoked"}})

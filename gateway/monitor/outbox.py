@@ -66,9 +66,22 @@ class Outbox:
             if c.alert_id not in alerts:
                 alerts[c.alert_id] = await self.repo.get(c.alert_id)
         channels = self._channels()
-        results = await asyncio.gather(*(self._send(c, alerts[c.alert_id], channels)
-                                         for c in claimed))
-        return sum(results)
+        done: set[int] = set()
+
+        async def send(c: Claimed) -> int:
+            n = await self._send(c, alerts[c.alert_id], channels)
+            done.add(c.id)
+            return n
+
+        try:
+            return sum(await asyncio.gather(*(send(c) for c in claimed)))
+        except asyncio.CancelledError:
+            # stopping mid-pass: what was not sent is given back at once, not after CLAIM_S
+            with contextlib.suppress(StoreUnavailable):
+                for c in claimed:
+                    if c.id not in done:
+                        await self.repo.release(c.id)
+            raise
 
     async def _send(self, c: Claimed, alert: Alert | None, channels: dict[str, Channel]) -> int:
         channel = channels.get(c.channel)

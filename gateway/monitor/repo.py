@@ -114,6 +114,11 @@ class AlertStore:
         async with self._driver.transaction() as tx:
             await tx.execute(Q("give_up"), delivery_id, at, error[:500])
 
+    async def release(self, delivery_id: int) -> None:
+        """Give a claimed delivery back unsent (a worker stopping mid-pass)."""
+        async with self._driver.transaction() as tx:
+            await tx.execute(Q("release_claim"), delivery_id)
+
     async def oldest_pending(self) -> datetime | None:
         row = await self._driver.fetchrow(Q("oldest_pending"))
         return _time(row["oldest"]) if row else None

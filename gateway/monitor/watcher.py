@@ -30,11 +30,11 @@ from gateway.config import Alerts
 from gateway.errors import AuthgateError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.monitor.channels import Channel, HttpSession, LogChannel, build_channels
-from gateway.monitor.checks import Checks, make_alert
+from gateway.monitor.checks import Checks, make_alert, replay_alert
 from gateway.monitor.model import ACTOR, KINDS, Alert
 from gateway.monitor.outbox import Outbox
 from gateway.monitor.repo import AlertStore
-from gateway.store import SqlStore
+from gateway.store import Event, SqlStore
 
 log = logging.getLogger("authgate.alerts")
 LIFECYCLE = {"token_expiring", "rotation_due", "inactive_token_revoked"}
@@ -69,6 +69,8 @@ class Watcher:
         self._last_check: float | None = None
         self._outage: Alert | None = None  # store_unreachable, raised in memory
         self._task: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._replays: set[asyncio.Task[None]] = set()
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -134,9 +136,8 @@ class Watcher:
         """A leader's tick: record a pending outage alert, then run the checks; a store that
         is down skips the run (counted) and raises store_unreachable in memory."""
         try:
-            if self._outage is not None:
-                await self._record_outage()
-            return await self.run_checks()
+            recorded = await self._record_outage() if self._outage is not None else []
+            return recorded + await self.run_checks()
         except StoreUnavailable as e:
             self.metrics.monitor_checks_skipped.inc()
             self._store_down(str(e))
@@ -151,10 +152,10 @@ class Watcher:
             "skipped and alerts wait until it answers", f"{self.holder}|{rfc3339(now)}", now,
             details={"since": rfc3339(now), "error": why[:200]})
         # the log channel at once: no other channel can be reached through the outbox now
-        asyncio.get_running_loop().create_task(LogChannel().send(
+        self._log_task = asyncio.get_running_loop().create_task(LogChannel().send(
             self._outage.public(), self._outage.id))
 
-    async def _record_outage(self) -> None:
+    async def _record_outage(self) -> list[Alert]:
         alert = self._outage
         assert alert is not None
         back = self.clock()
@@ -163,8 +164,23 @@ class Watcher:
             "threshold", "window")}, "message": alert.message.split(":")[0]
             + f" from {rfc3339(alert.raised_at)} to {rfc3339(back)}",
             "details": {**alert.details, "until": rfc3339(back)}})
-        await self.raise_alert(recorded)
+        raised = await self.raise_alert(recorded)
         self._outage = None
+        return [recorded] if raised else []
+
+    def replayed(self, event: Event) -> None:
+        """A replay this process just handled: raise it now, off the request (a task), on
+        whichever replica it happened; the next check finds it if this fails."""
+        alert = replay_alert(event.token_id, event.subject, event.ip, event.at, event.details,
+                             self.clock())
+
+        async def raise_it() -> None:
+            with contextlib.suppress(StoreUnavailable):
+                await self.raise_alert(alert)
+
+        task = asyncio.get_running_loop().create_task(raise_it())
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -212,6 +228,8 @@ class Watcher:
                 with contextlib.suppress(StoreUnavailable):
                     await self.repo.release_lease(self.holder)
                 self.leader = False
+        if self._replays:
+            await asyncio.gather(*self._replays, return_exceptions=True)
         await self.outbox.stop()
         await self._session.close()
 
