@@ -111,3 +111,34 @@ async def test_expires_before_lists_tokens_expiring_soon(gw, http):
                            headers=ADMIN)
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error_description"].startswith("query.expires_before"), r.text
+
+
+async def test_replicas_add_up_and_a_graceful_stop_writes_what_it_counted(start_gateway, http):
+    a = await start_gateway(admin_token=BOOT, usage_flush_interval_s=3600)  # no timed flush
+    b = await start_gateway(admin_token=BOOT, usage_flush_interval_s=3600)
+    _, secret = await a.gateway.authority.create(CLI, subject="alice", name="r")
+    for gw, n in ((a, 2), (b, 3)):
+        for _ in range(n):
+            r = await http.get(f"{gw.proxy}/echo", headers=bearer(secret))
+            assert r.status_code == 200
+    assert (await http.get(f"{a.proxy}/echo")).status_code == 401
+
+    async def totals() -> dict[str, int]:
+        r = await http.get(f"{b.admin}/v1/stats/outcomes?hours=2", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        out: dict[str, int] = {}
+        for h in r.json()["hours"]:
+            for k, v in h["outcomes"].items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    assert (await totals())["ok"] == 0  # nothing written yet: counted in memory only
+    await a.stop()  # shutdown flushes
+    assert (await totals())["ok"] == 2 and (await totals())["no_credential"] == 1
+    await b.gateway.usage.flush()
+    assert (await totals())["ok"] == 5
+    c = await start_gateway(admin_token=BOOT)  # a restarted replica starts from zero
+    assert (await http.get(f"{c.proxy}/echo", headers=bearer(secret))).status_code == 200
+    await c.gateway.usage.flush()
+    await b.gateway.usage.flush()
+    assert (await totals())["ok"] == 6
