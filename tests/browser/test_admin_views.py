@@ -235,8 +235,14 @@ async def test_alerts_view_filters_badges_and_pages_real_alerts(start_gateway, b
     await page.goto(f"{gw.admin}/admin")
     await page.get_by_label("Admin token").fill(BOOT)
     await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#expiring tbody tr")).to_have_count(10)  # the soonest first
+    await expect(page.locator("#expiring tbody tr").first).to_contain_text("deploy")
+    await expect(page.locator("#expiring-more")).to_have_text(
+        "14 more expire within 30 days (Tokens: Expiring within 30 days).")
     recent = page.locator("#recent-alerts tbody tr")
     await expect(recent).to_have_count(5)
+    await expect(recent.first.locator(".badge")).to_be_visible()
+    await page.screenshot(path=str(artifacts / "admin-dashboard-alerts.png"), full_page=True)
 
     await tab(page, "Alerts")
     rows = page.locator("#alerts-table tbody tr")
@@ -280,6 +286,16 @@ async def test_alerts_view_filters_badges_and_pages_real_alerts(start_gateway, b
     await page.locator("#alerts-since").fill("")
     await page.locator("#alert-filters").get_by_role("button", name="Filter").click()
     await expect(rows).to_have_count(20)
+    # the Tokens view's expiry filter lists what the dashboard left out
+    await tab(page, "Tokens")
+    await page.locator("#filter-expiring").select_option("7d")
+    await page.locator("#token-filters").get_by_role("button", name="Filter").click()
+    await expect(page.locator("#tokens-table tbody tr")).to_have_count(1)
+    await expect(page.locator("#tokens-table tbody tr td").first).to_have_text("deploy")
+    await page.locator("#filter-expiring").select_option("30d")
+    await page.locator("#token-filters").get_by_role("button", name="Filter").click()
+    await expect(page.locator("#tokens-table tbody tr")).to_have_count(20)
+    await tab(page, "Alerts")
     await page.screenshot(path=str(artifacts / "admin-alerts.png"), full_page=True)
     assert await page.locator("main img").count() == 0
     assert problems == []

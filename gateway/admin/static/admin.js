@@ -319,6 +319,8 @@ function untilText(iso) {
   return hours < 24 ? `${Math.max(1, Math.floor(hours))} h` : `${Math.floor(hours / 24)} d`;
 }
 
+const EXPIRING_SHOWN = 10;
+
 async function loadExpiring() {
   const body = $("expiring").tBodies[0];
   let page;
@@ -328,14 +330,18 @@ async function loadExpiring() {
     body.replaceChildren(el("tr", {}, el("td", { colSpan: 4, class: "hint" }, err.message)));
     return;
   }
-  const items = [...page.items].sort((a, b) => Date.parse(a.expires_at) -
+  const sorted = [...page.items].sort((a, b) => Date.parse(a.expires_at) -
     Date.parse(b.expires_at));
+  const items = sorted.slice(0, EXPIRING_SHOWN);
   body.replaceChildren(...(items.length ? items.map((t) => el("tr", { "data-token-id": t.id },
     el("td", {}, t.name), el("td", {}, t.subject), el("td", {}, when(t.expires_at)),
     el("td", {}, untilText(t.expires_at))))
     : [el("tr", {}, el("td", { colSpan: 4, class: "hint" }, "None."))]));
-  $("expiring-more").hidden = !page.next_cursor;
-  $("expiring-more").textContent = "More than 100: the soonest of the newest 100 are shown.";
+  const more = sorted.length - items.length;
+  $("expiring-more").hidden = !more && !page.next_cursor;
+  $("expiring-more").textContent = page.next_cursor
+    ? `The soonest ${items.length} of the newest 100 are shown; more expire within 30 days.`
+    : `${more} more expire within 30 days (Tokens: Expiring within 30 days).`;
 }
 
 async function loadRecentAlerts() {
@@ -372,6 +378,8 @@ function tokenFilters() {
   const status = $("filter-status").value;
   if (subject) params.set("subject", subject);
   if (status) params.set("status", status);
+  const expiring = $("filter-expiring").value;
+  if (expiring) params.set("expires_before", expiring);
   return params;
 }
 
