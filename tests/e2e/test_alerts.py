@@ -260,3 +260,48 @@ def test_alert_payload_is_json_only_of_public_fields() -> None:
 
 
 __all__ = ["Receiver"]
+
+
+async def test_a_replay_is_raised_at_once_where_it_happens(
+        start_gateway: StartGateway, http: httpx.AsyncClient) -> None:
+    async with receiver() as hook:
+        # checks once a minute: the alert cannot come from a check after the replay
+        gw = await start_gateway(admin_token=ADMIN, alerts=alerts_config(
+            {"type": "webhook", "url": hook.url, "secret": SECRET}, check_interval_s=60,
+            expiry_days=[]))
+        old = await create(http, gw.admin, "alice")
+        r = await http.post(f"{gw.admin}/v1/tokens/{old['id']}/rotate", headers=HDR,
+                            json={"grace_s": 1})
+        assert r.status_code == 201
+        await asyncio.sleep(1.5)
+        refused = await http.get(f"{gw.proxy}/x",
+                                 headers={"Authorization": f"Bearer {old['token']}"})
+        assert refused.status_code == 401
+        await until(lambda: len(hook.requests) >= 1, timeout=10)
+        alert = Webhook(SECRET).verify(hook.requests[0].body, hook.requests[0].headers)["alert"]
+        assert (alert["kind"], alert["token_id"], alert["severity"], alert["ip"]) == (
+            "token_replay_detected", old["id"], "critical", "127.0.0.1")
+        assert old["token"] not in hook.requests[0].body
+
+
+async def test_a_hanging_channel_blocks_neither_the_checks_nor_requests(
+        start_gateway: StartGateway, http: httpx.AsyncClient) -> None:
+    async with receiver(hang=True) as stuck:
+        gw = await start_gateway(admin_token=ADMIN, alerts=alerts_config(
+            {"type": "discord", "url": stuck.url, "timeout_s": 30}))
+        first = await create(http, gw.admin, "alice", expires_in="2d")
+        await until(lambda: len(stuck.requests) >= 1)  # its delivery now hangs
+        second = await create(http, gw.admin, "bob", expires_in="2d")
+
+        async def listed() -> set[str]:
+            items = (await http.get(f"{gw.admin}/v1/alerts", headers=HDR)).json()["items"]
+            return {a["token_id"] for a in items}
+
+        deadline = time.monotonic() + 10
+        while second["id"] not in await listed():
+            assert time.monotonic() < deadline, "the checks waited for a hanging channel"
+            await asyncio.sleep(0.2)
+        assert first["id"] in await listed()
+        started = time.monotonic()
+        r = await http.get(f"{gw.proxy}/x", headers={"Authorization": f"Bearer {first['token']}"})
+        assert r.status_code == 200 and time.monotonic() - started < 5
