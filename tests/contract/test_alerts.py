@@ -406,3 +406,17 @@ async def test_reconfigure_takes_new_channels_and_thresholds(replicas: Open,
         assert alert.threshold == "7d"
         assert await w.outbox.deliver_due() == 1
         assert json.loads(slack.requests[0].body)["text"].startswith("[authgate] high:")
+
+
+async def test_an_inactive_token_alerted_before_a_crash_is_still_revoked(
+        replicas: Open, clock: Clock) -> None:
+    gw = await replicas({"detectors": OFF, "expiry_days": [], "rotation": None,
+                         "inactivity_revoke_days": 7})
+    w = watcher(gw)
+    idle, _ = await gw.authority.create(ACTOR, subject="s", name="idle")
+    clock.advance(days=8)
+    [candidate] = await w.checks.inactive(clock())
+    assert await w.raise_alert(candidate)  # ... and the process died before the revoke
+    assert (await gw.authority.get(idle.id)).status(clock()) == "active"
+    assert await w.run_checks() == []  # not raised twice
+    assert (await gw.authority.get(idle.id)).status(clock()) == "revoked"
