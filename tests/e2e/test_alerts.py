@@ -108,7 +108,7 @@ async def test_a_receiver_that_fails_and_a_restart_mid_retry_lose_nothing(
         await gw.stop()  # restarted while its delivery waits for a retry
         gw2 = await start_gateway(admin_token=ADMIN, alerts=config)
         await until(lambda: len(hook.requests) >= 3, timeout=30)
-        assert time.monotonic() - first_at < 25  # 5 s, then 10 s (+ polls and the restart)
+        assert time.monotonic() - first_at < 60  # 5 s, then 10 s (+ polls, restart, load)
         assert len({r.headers["webhook-id"] for r in hook.requests}) == 1
         alerts = [Webhook(SECRET).verify(r.body, r.headers)["alert"] for r in hook.requests]
         assert all(x == alerts[0] for x in alerts)
@@ -155,7 +155,7 @@ async def test_alerts_test_answers_per_channel_and_formats(
         started = time.monotonic()
         r = await http.post(f"{gw.admin}/v1/alerts/test", headers=HDR)
         assert r.status_code == 200, r.text
-        assert time.monotonic() - started < 10  # a hanging channel costs its timeout only
+        assert time.monotonic() - started < 20  # a hanging channel costs its timeout only
         results = {c["type"]: c["result"] for c in r.json()["channels"]}
         assert results == {"webhook": "ok", "slack": "HTTP 500",
                            "discord": "timed out after 1 s", "teams": "ok", "email": "ok",
