@@ -72,6 +72,7 @@ class Watcher:
         self._task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._replays: set[asyncio.Task[None]] = set()
+        self._warned = False
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -188,10 +189,14 @@ class Watcher:
             self.leader = await self.repo.take_lease(
                 self.holder, now + timedelta(seconds=lease_s(self.config.check_interval_s)), now)
         except StoreUnavailable as e:
+            if not self._warned:  # e.g. PostgreSQL without migration 006: say so, once
+                log.warning("alert watcher: cannot reach the store, will retry: %s", e)
+                self._warned = True
             if self.leader:  # the leader speaks for the outage; standbys stay quiet
                 self.metrics.monitor_checks_skipped.inc()
                 self._store_down(str(e))
             return
+        self._warned = False
         self.metrics.monitor_leader.set(1 if self.leader else 0)
         if not self.leader:
             self._last_check = None
