@@ -52,6 +52,7 @@ alerts:
     assert alerts.detectors.failed_auth is not None and alerts.detectors.failed_auth.window == 300
     assert alerts.channels[4].from_ == "authgate@example"
     assert SECRET not in repr(alerts) and "pw@" not in repr(alerts)
+    assert "hooks.slack.com" not in repr(alerts)
 
 
 def test_environment_json_and_small_intervals_for_tests() -> None:
