@@ -223,7 +223,7 @@ class AlertChannel(_Strict):
     (Standard Webhooks ``whsec_<base64>``); ``smtp``/``from``/``to``: email; log: nothing."""
 
     type: Literal["webhook", "slack", "teams", "discord", "email", "log"]
-    url: str | None = None
+    url: str | None = Field(None, repr=False)  # a Slack or Discord URL is itself a secret
     secret: str | None = Field(None, repr=False)
     smtp: str | None = Field(None, repr=False)
     from_: str | None = Field(None, alias="from")

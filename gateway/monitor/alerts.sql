@@ -40,7 +40,7 @@ UPDATE alert_deliveries SET next_at = $2, claimed_until = NULL, last_error = $3 
 UPDATE alert_deliveries SET failed_at = $2, claimed_until = NULL, last_error = $3 WHERE id = $1;
 
 -- name: oldest_pending
-SELECT MIN(created_at) AS oldest FROM alert_deliveries
+SELECT MIN(created_at) AS oldest, MIN(next_at) AS due FROM alert_deliveries
 WHERE delivered_at IS NULL AND failed_at IS NULL;
 
 -- name: deliveries_of

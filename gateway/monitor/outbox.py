@@ -114,10 +114,12 @@ class Outbox:
             await self.repo.retry_later(c.id, now + timedelta(seconds=delay), error)
         return 0
 
-    async def update_lag(self) -> None:
-        oldest = await self.repo.oldest_pending()
+    async def update_lag(self) -> datetime | None:
+        """Set the lag gauge; the earliest next attempt (None: nothing pending)."""
+        oldest, due = await self.repo.pending()
         lag = 0.0 if oldest is None else max(0.0, (self.clock() - oldest).total_seconds())
         self.metrics.alert_delivery_lag.set(lag)
+        return due
 
     async def _run(self) -> None:
         while True:
@@ -125,8 +127,9 @@ class Outbox:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             self._wake.clear()
             try:
-                await self.deliver_due()
-                await self.update_lag()
+                due = await self.update_lag()
+                if due is not None and due <= self.clock():
+                    await self.deliver_due()
             except StoreUnavailable as e:
                 log.warning("alert outbox: store unavailable, will retry: %s", e)
 

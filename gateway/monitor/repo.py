@@ -119,9 +119,11 @@ class AlertStore:
         async with self._driver.transaction() as tx:
             await tx.execute(Q("release_claim"), delivery_id)
 
-    async def oldest_pending(self) -> datetime | None:
+    async def pending(self) -> tuple[datetime | None, datetime | None]:
+        """(created_at of the oldest pending delivery, the earliest next attempt): a read, so
+        an idle worker writes nothing."""
         row = await self._driver.fetchrow(Q("oldest_pending"))
-        return _time(row["oldest"]) if row else None
+        return (_time(row["oldest"]), _time(row["due"])) if row else (None, None)
 
     async def deliveries_of(self, alert_id: str) -> list[dict[str, Any]]:
         return [{"channel": r["channel"], "attempts": int(r["attempts"]),

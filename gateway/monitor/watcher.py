@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -71,6 +72,7 @@ class Watcher:
         self._task: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._replays: set[asyncio.Task[None]] = set()
+        self._warned = False
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -101,12 +103,10 @@ class Watcher:
         known = await self.repo.known_keys(kind, since)
         raised = []
         for alert in candidates:
-            if alert.dedup_key in known:
-                continue
-            if await self.raise_alert(alert):
+            if alert.dedup_key not in known and await self.raise_alert(alert):
                 raised.append(alert)
             if alert.kind == "inactive_token_revoked" and alert.token_id:
-                await self._revoke_inactive(alert)
+                await self._revoke_inactive(alert)  # also when raised before a crash
         return raised
 
     def _detector_span(self) -> timedelta:
@@ -159,11 +159,9 @@ class Watcher:
         alert = self._outage
         assert alert is not None
         back = self.clock()
-        recorded = Alert(**{**{f: getattr(alert, f) for f in (
-            "id", "kind", "severity", "raised_at", "dedup_key", "token_id", "subject", "ip",
-            "threshold", "window")}, "message": alert.message.split(":")[0]
-            + f" from {rfc3339(alert.raised_at)} to {rfc3339(back)}",
-            "details": {**alert.details, "until": rfc3339(back)}})
+        recorded = dataclasses.replace(
+            alert, message=f"the token store was unreachable from {rfc3339(alert.raised_at)} "
+            f"to {rfc3339(back)}", details={**alert.details, "until": rfc3339(back)})
         raised = await self.raise_alert(recorded)
         self._outage = None
         return [recorded] if raised else []
@@ -191,13 +189,20 @@ class Watcher:
             self.leader = await self.repo.take_lease(
                 self.holder, now + timedelta(seconds=lease_s(self.config.check_interval_s)), now)
         except StoreUnavailable as e:
+            if not self._warned:  # e.g. PostgreSQL without migration 006: say so, once
+                log.warning("alert watcher: cannot reach the store, will retry: %s", e)
+                self._warned = True
             if self.leader:  # the leader speaks for the outage; standbys stay quiet
                 self.metrics.monitor_checks_skipped.inc()
                 self._store_down(str(e))
             return
+        self._warned = False
         self.metrics.monitor_leader.set(1 if self.leader else 0)
         if not self.leader:
             self._last_check = None
+            if self._outage is not None:  # it led when the store went; another leads now
+                with contextlib.suppress(StoreUnavailable):
+                    await self._record_outage()
             return
         due = self._last_check is None or (
             time.monotonic() - self._last_check >= self.config.check_interval_s)

@@ -406,3 +406,51 @@ async def test_reconfigure_takes_new_channels_and_thresholds(replicas: Open,
         assert alert.threshold == "7d"
         assert await w.outbox.deliver_due() == 1
         assert json.loads(slack.requests[0].body)["text"].startswith("[authgate] high:")
+
+
+async def test_an_inactive_token_alerted_before_a_crash_is_still_revoked(
+        replicas: Open, clock: Clock) -> None:
+    gw = await replicas({"detectors": OFF, "expiry_days": [], "rotation": None,
+                         "inactivity_revoke_days": 7})
+    w = watcher(gw)
+    idle, _ = await gw.authority.create(ACTOR, subject="s", name="idle")
+    clock.advance(days=8)
+    [candidate] = await w.checks.inactive(clock())
+    assert await w.raise_alert(candidate)  # ... and the process died before the revoke
+    assert (await gw.authority.get(idle.id)).status(clock()) == "active"
+    assert await w.run_checks() == []  # not raised twice
+    assert (await gw.authority.get(idle.id)).status(clock()) == "revoked"
+
+
+async def test_running_watchers_hand_over_when_the_leader_dies(replicas: Open,
+                                                               clock: Clock) -> None:
+    a = await replicas({"detectors": OFF, "rotation": None})
+    b = await replicas({"detectors": OFF, "rotation": None})
+    a.start()
+    b.start()
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(100):
+            if check():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("timed out")
+
+    await until(lambda: watcher(a).leader or watcher(b).leader)
+    leader, standby = (watcher(a), watcher(b)) if watcher(a).leader else (watcher(b), watcher(a))
+    assert not standby.leader
+    assert leader._task is not None
+    leader._task.cancel()  # dies: no release, its lease simply stops being renewed
+    await asyncio.gather(leader._task, return_exceptions=True)
+    leader._task = None
+    await asyncio.sleep(1.5)
+    assert not standby.leader  # the lease still runs
+    clock.advance(seconds=lease_s(1))
+    await until(lambda: standby.leader)
+    token, _ = await a.authority.create(ACTOR, subject="s", name="n", expires_in="1d")
+    for _ in range(100):  # the new leader's checks raise it
+        if [x for x in await alerts_of(a) if x.token_id == token.id]:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the new leader raised nothing")

@@ -5,7 +5,6 @@ outbox, a real webhook receiver, Slack/Teams/Discord receivers and a real SMTP s
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from standardwebhooks import Webhook
 
-from tests.alert_receiver import Receiver, receiver
+from tests.alert_receiver import receiver
 from tests.e2e.conftest import StartGateway, free_port
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -109,7 +108,7 @@ async def test_a_receiver_that_fails_and_a_restart_mid_retry_lose_nothing(
         await gw.stop()  # restarted while its delivery waits for a retry
         gw2 = await start_gateway(admin_token=ADMIN, alerts=config)
         await until(lambda: len(hook.requests) >= 3, timeout=30)
-        assert time.monotonic() - first_at < 25  # 5 s, then 10 s (+ polls and the restart)
+        assert time.monotonic() - first_at < 60  # 5 s, then 10 s (+ polls, restart, load)
         assert len({r.headers["webhook-id"] for r in hook.requests}) == 1
         alerts = [Webhook(SECRET).verify(r.body, r.headers)["alert"] for r in hook.requests]
         assert all(x == alerts[0] for x in alerts)
@@ -156,7 +155,7 @@ async def test_alerts_test_answers_per_channel_and_formats(
         started = time.monotonic()
         r = await http.post(f"{gw.admin}/v1/alerts/test", headers=HDR)
         assert r.status_code == 200, r.text
-        assert time.monotonic() - started < 10  # a hanging channel costs its timeout only
+        assert time.monotonic() - started < 20  # a hanging channel costs its timeout only
         results = {c["type"]: c["result"] for c in r.json()["channels"]}
         assert results == {"webhook": "ok", "slack": "HTTP 500",
                            "discord": "timed out after 1 s", "teams": "ok", "email": "ok",
@@ -253,10 +252,48 @@ async def test_a_self_caller_sees_its_own_subjects_alerts_only(
     assert by_id["items"] == []  # another subject's token: nothing, as if unknown
 
 
-def test_alert_payload_is_json_only_of_public_fields() -> None:
-    # The webhook body shape, as SPEC §12 names it.
-    assert json.loads(json.dumps({"type": "authgate.alert", "alert": {}}))["type"] == \
-        "authgate.alert"
 
 
-__all__ = ["Receiver"]
+async def test_a_replay_is_raised_at_once_where_it_happens(
+        start_gateway: StartGateway, http: httpx.AsyncClient) -> None:
+    async with receiver() as hook:
+        # checks once a minute: the alert cannot come from a check after the replay
+        gw = await start_gateway(admin_token=ADMIN, alerts=alerts_config(
+            {"type": "webhook", "url": hook.url, "secret": SECRET}, check_interval_s=60,
+            expiry_days=[]))
+        old = await create(http, gw.admin, "alice")
+        r = await http.post(f"{gw.admin}/v1/tokens/{old['id']}/rotate", headers=HDR,
+                            json={"grace_s": 1})
+        assert r.status_code == 201
+        await asyncio.sleep(1.5)
+        refused = await http.get(f"{gw.proxy}/x",
+                                 headers={"Authorization": f"Bearer {old['token']}"})
+        assert refused.status_code == 401
+        await until(lambda: len(hook.requests) >= 1, timeout=10)
+        alert = Webhook(SECRET).verify(hook.requests[0].body, hook.requests[0].headers)["alert"]
+        assert (alert["kind"], alert["token_id"], alert["severity"], alert["ip"]) == (
+            "token_replay_detected", old["id"], "critical", "127.0.0.1")
+        assert old["token"] not in hook.requests[0].body
+
+
+async def test_a_hanging_channel_blocks_neither_the_checks_nor_requests(
+        start_gateway: StartGateway, http: httpx.AsyncClient) -> None:
+    async with receiver(hang=True) as stuck:
+        gw = await start_gateway(admin_token=ADMIN, alerts=alerts_config(
+            {"type": "discord", "url": stuck.url, "timeout_s": 30}))
+        first = await create(http, gw.admin, "alice", expires_in="2d")
+        await until(lambda: len(stuck.requests) >= 1)  # its delivery now hangs
+        second = await create(http, gw.admin, "bob", expires_in="2d")
+
+        async def listed() -> set[str]:
+            items = (await http.get(f"{gw.admin}/v1/alerts", headers=HDR)).json()["items"]
+            return {a["token_id"] for a in items}
+
+        deadline = time.monotonic() + 10
+        while second["id"] not in await listed():
+            assert time.monotonic() < deadline, "the checks waited for a hanging channel"
+            await asyncio.sleep(0.2)
+        assert first["id"] in await listed()
+        started = time.monotonic()
+        r = await http.get(f"{gw.proxy}/x", headers={"Authorization": f"Bearer {first['token']}"})
+        assert r.status_code == 200 and time.monotonic() - started < 5

@@ -29,7 +29,7 @@ def test_off_by_default_and_the_spec_example_loads(tmp_path: Any) -> None:
 alerts:
   check_interval_s: 300
   channels:
-    - {type: webhook, url: https://hooks.example/authgate, secret: %s}
+    - {type: webhook, url: https://hooks.example/authgate, secret: SECRET}
     - {type: slack, url: https://hooks.slack.com/services/T/B/X}
     - {type: teams, url: https://example.webhook.office.com/x}
     - {type: discord, url: https://discord.com/api/webhooks/1/x}
@@ -43,7 +43,7 @@ alerts:
     rapid_use: {requests: 5, window: 10m}
     failed_auth: {count: 50, window: 5m}
     rate_limit_breach: {count: 20, window: 10m}
-""" % SECRET)
+""".replace("SECRET", SECRET))
     alerts = load_settings(str(path), env={}).alerts
     assert alerts is not None
     assert [c.type for c in alerts.channels] == ["webhook", "slack", "teams", "discord", "email",
@@ -52,6 +52,7 @@ alerts:
     assert alerts.detectors.failed_auth is not None and alerts.detectors.failed_auth.window == 300
     assert alerts.channels[4].from_ == "authgate@example"
     assert SECRET not in repr(alerts) and "pw@" not in repr(alerts)
+    assert "hooks.slack.com" not in repr(alerts)
 
 
 def test_environment_json_and_small_intervals_for_tests() -> None:
