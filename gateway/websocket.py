@@ -2,11 +2,11 @@
 
     WebSocketRelay(pipeline, settings, metrics, assertions)   the proxy's handler of
                                                               ``websocket`` scopes
-    TokenWatch(pipeline)                                      open connections by token: closes
-                                                              those of an unusable token (1008)
     BoundedWebSocketProtocol                                  uvicorn's websockets (sans-I/O)
                                                               protocol; a client that stops
                                                               reading is cut off
+    gateway.ws_watch.TokenWatch                               open connections by token: closes
+                                                              those of an unusable token (1008)
 
 The upgrade request is judged by ``Pipeline.decide`` like any request (method GET): a refusal is
 the same HTTP response (status, WWW-Authenticate, JSON body, rate-limit headers, X-Request-Id)
@@ -30,17 +30,12 @@ Bounds per connection: messages of at most ``MAX_MESSAGE_BYTES`` each way (a lar
 the connection with 1009); uvicorn reads no further from the client until its last message was
 taken, aiohttp pauses reading the upstream past 64 KiB buffered, and both writes wait for their
 transport to drain, so at most a few messages are held. A side that stops reading for
-``WRITE_STALL_S`` while we write to it is cut off (client: its TCP connection is aborted;
+``ws_watch.WRITE_STALL_S`` while we write to it is cut off (client: its TCP connection is aborted;
 upstream: the connection is closed) and the other side closed; other connections are unaffected.
 
-Revocation: every ``RECHECK_S`` the ``TokenWatch`` re-reads each open connection's token through
-the pipeline's cache (an in-process hit costs a dict lookup; a miss goes to Redis, then the
-store, as a request would) and closes with 1008 the connections of a token that is now unknown,
-revoked, expired, rotated out past its grace, otherwise unusable, or lacks the route's scopes.
-The cache's entries die within ``local_cache_ttl_s`` of a change (at once on broadcast), so a
-connection is closed within the revocation bound. When the token cannot be re-read (the store
-unreachable and nothing cached) the connection is closed with 1013 (try again later), as a
-request would be answered 503.
+Revocation: each open connection is registered with a ``gateway.ws_watch.TokenWatch``, which
+re-reads its token through the pipeline's cache every ``RECHECK_S`` and ends the connection (1008
+both ways) once the token is no longer usable, within the revocation bound.
 """
 
 from __future__ import annotations
@@ -50,28 +45,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from yarl import URL
 
-from gateway import responses, tokens
-from gateway.cache import MISS
+from gateway import responses, ws_watch
 from gateway.config import Settings
-from gateway.errors import Outcome, Refusal, StoreUnavailable, UpstreamError
+from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision, Pipeline
 from gateway.proxy import POOL_WAIT_S, HeaderRules, _target, request_id_of
 from gateway.responses import rate_limit_headers
-from gateway.store import TokenRecord
+from gateway.ws_watch import POLICY, OpenSocket, TokenWatch
 
 if TYPE_CHECKING:
     from gateway.assertion import Assertions
 
-__all__ = ["MAX_MESSAGE_BYTES", "RECHECK_S", "WRITE_STALL_S", "BoundedWebSocketProtocol",
-           "TokenWatch", "WebSocketRelay"]
+__all__ = ["MAX_MESSAGE_BYTES", "BoundedWebSocketProtocol", "WebSocketRelay"]
 
 log = logging.getLogger("authgate.websocket")
 
@@ -81,16 +73,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # per message, each way (uvicorn's ws_max_size, aiohttp's)
-RECHECK_S = 0.5  # how often open connections' tokens are re-read (revocation bound: ttl + 1 s)
-WRITE_STALL_S = 30.0  # a side that takes nothing we write for this long is cut off
 HEARTBEAT_S = 20.0  # aiohttp pings the upstream this often (uvicorn's default for the client)
 CLOSE_WAIT_S = 5.0  # longest wait for the upstream's reply to our close frame
 
 # What the client's handshake says about its own hop; aiohttp writes the upstream's.
 _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol",
                         "sec-websocket-extensions", "sec-websocket-accept"})
-_POLICY = 1008
-_TRY_AGAIN = 1013
 
 
 def _sendable(code: int | None, lost: int) -> int:
@@ -124,7 +112,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stall is None:
-            self._stall = self.loop.call_later(WRITE_STALL_S, self._abort_stalled)
+            self._stall = self.loop.call_later(ws_watch.WRITE_STALL_S, self._abort_stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -152,103 +140,9 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     def _abort_stalled(self) -> None:
         self._stall = None
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
-            log.info("websocket client took nothing for %g s: connection aborted", WRITE_STALL_S)
+            log.info("websocket client took nothing for %g s: connection aborted",
+                     ws_watch.WRITE_STALL_S)
             self.transport.abort()
-
-
-@dataclass(eq=False, slots=True)
-class _Open:
-    """One relayed connection, as the watch sees it."""
-    token_hash: str
-    scopes: tuple[str, ...]  # the route's
-    ended: asyncio.Future[tuple[int, str]]
-    upstream_since: float = 0.0  # monotonic start of a pending write to the upstream; 0: none
-
-    def end(self, code: int, reason: str) -> None:
-        if not self.ended.done():
-            self.ended.set_result((code, reason))
-
-
-class TokenWatch:
-    """Open connections by token hash; one task re-reads each token every ``RECHECK_S`` while
-    any is open (none runs otherwise), and ends connections whose token is no longer usable or
-    whose upstream writes stalled."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self._open: dict[str, set[_Open]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def __len__(self) -> int:
-        return sum(len(s) for s in self._open.values())
-
-    def add(self, conn: _Open) -> None:
-        self._open.setdefault(conn.token_hash, set()).add(conn)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def discard(self, conn: _Open) -> None:
-        same = self._open.get(conn.token_hash)
-        if same is not None:
-            same.discard(conn)
-            if not same:
-                del self._open[conn.token_hash]
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task})
-
-    async def _run(self) -> None:
-        while self._open:
-            await asyncio.sleep(RECHECK_S)
-            try:
-                await self.sweep()
-            except Exception:  # never let one bad sweep stop the watch
-                log.exception("websocket token sweep failed")
-
-    async def sweep(self) -> None:
-        """Judge every open connection's token now (cache first, as requests are)."""
-        local = self._pipeline.cache.local
-        misses: list[str] = []
-        for token_hash, conns in list(self._open.items()):
-            cached = local.get(token_hash)
-            if cached is MISS:
-                misses.append(token_hash)
-            else:
-                self._judge(conns, cached)
-        if misses:
-            await asyncio.gather(*(self._reread(h) for h in misses))
-        stalled = time.monotonic() - WRITE_STALL_S
-        for conns in self._open.values():
-            for conn in conns:
-                if 0 < conn.upstream_since < stalled:
-                    conn.end(1001, "upstream stalled")
-
-    async def _reread(self, token_hash: str) -> None:
-        pipeline = self._pipeline
-        try:
-            record = await pipeline.cache.lookup(token_hash, pipeline.store.get_by_hash)
-        except StoreUnavailable:
-            for conn in list(self._open.get(token_hash, ())):
-                conn.end(_TRY_AGAIN, "token cannot be verified now")
-            return
-        self._judge(self._open.get(token_hash, set()), record)
-
-    def _judge(self, conns: set[_Open], record: TokenRecord | None) -> None:
-        if record is not None:
-            now = self._pipeline.clock()
-            # Pipeline._unusable is the one test of usability (revoked, expired, and whatever
-            # else makes a record unusable); a rotated-out token past its grace is not usable
-            # either, here without the replay handling a fresh presentation gets.
-            if (self._pipeline._unusable(record, now) is None
-                    and not record.is_replay(now)):
-                for conn in list(conns):  # its scopes may have changed
-                    if conn.scopes and tokens.has_scopes(record.scopes, conn.scopes) is not None:
-                        conn.end(_POLICY, "token lacks the route's scope")
-                return
-        for conn in list(conns):
-            conn.end(_POLICY, "token no longer valid")
 
 
 class WebSocketRelay:
@@ -344,7 +238,7 @@ class WebSocketRelay:
     async def _relay(self, receive: Receive, send: Send,
                      upstream: aiohttp.ClientWebSocketResponse, decision: Decision) -> None:
         record = decision.record
-        conn = _Open(record.token_hash if record else "", decision.route.scopes,
+        conn = OpenSocket(record.token_hash if record else "", decision.route.scopes,
                      asyncio.get_running_loop().create_future())
         if record is not None:  # an auth: none route has no token to watch
             self.watch.add(conn)
@@ -379,7 +273,7 @@ class WebSocketRelay:
 
 
 async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocketResponse,
-                              conn: _Open) -> tuple[int, str]:
+                              conn: OpenSocket) -> tuple[int, str]:
     """Relay the client's messages; returns its close code and reason."""
     while True:
         message = await receive()
@@ -438,7 +332,7 @@ async def _deny(scope: Scope, send: Send, status: int, body: bytes,
     if request_id is not None:
         headers = [*headers, (b"x-request-id", request_id)]
     if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": _POLICY})
+        await send({"type": "websocket.close", "code": POLICY})
         return
     await send({"type": "websocket.http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
 from gateway import websocket as ws_module
+from gateway import ws_watch
 from gateway.authority import Actor
 from tests.e2e.conftest import RunningGateway, free_port
 
@@ -337,7 +338,7 @@ async def test_a_message_over_the_limit_closes_with_1009(start_gateway, ws_upstr
 
 async def test_a_client_that_never_reads_is_cut_off_and_others_are_not(
         start_gateway, ws_upstream, monkeypatch):
-    monkeypatch.setattr(ws_module, "WRITE_STALL_S", 1.0)
+    monkeypatch.setattr(ws_watch, "WRITE_STALL_S", 1.0)
     rg = await gateway(start_gateway, ws_upstream)
     _, secret = await token(rg)
     host, port = rg.proxy.removeprefix("http://").split(":")
