@@ -254,6 +254,8 @@ class WebSocketRelay:
             await asyncio.wait({inbound, outbound})
         if conn.ended.done():  # the watch ended it: revoked, or a stalled upstream
             code, reason = conn.ended.result()
+            if reason == ws_watch.STALLED:
+                _abort_upstream(upstream)
             await _close_client(send, code, reason)
             await _close_upstream(upstream, code, reason)
         elif inbound.done() and not inbound.cancelled() and inbound.exception() is None:
@@ -314,14 +316,31 @@ async def _close_client(send: Send, code: int, reason: str) -> None:
         await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
+def _transport_of(upstream: aiohttp.ClientWebSocketResponse) -> asyncio.BaseTransport | None:
+    # aiohttp has no public abort: its close() closes the transport gracefully, which never
+    # ends while an upstream that stopped reading leaves our write buffer full.
+    connection = upstream._response.connection
+    return connection.transport if connection is not None else None
+
+
+def _abort_upstream(upstream: aiohttp.ClientWebSocketResponse) -> None:
+    transport = _transport_of(upstream)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
 async def _close_upstream(upstream: aiohttp.ClientWebSocketResponse, code: int,
                           reason: str) -> None:
-    """Close frame, then the reply up to ``CLOSE_WAIT_S``; a stalled upstream is cut off
-    (aiohttp closes the connection when its close is cancelled)."""
+    """Close frame, then the reply up to ``CLOSE_WAIT_S``; an upstream that takes neither is
+    cut off (its TCP connection aborted: a graceful close would wait on it forever)."""
+    transport = _transport_of(upstream)
     try:
         async with asyncio.timeout(CLOSE_WAIT_S):
             await upstream.close(code=code, message=reason.encode())
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except TimeoutError:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+    except (aiohttp.ClientError, OSError):
         pass
 
 

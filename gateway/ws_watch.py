@@ -31,7 +31,8 @@ from gateway.errors import StoreUnavailable
 from gateway.pipeline import Pipeline
 from gateway.store import TokenRecord
 
-__all__ = ["POLICY", "RECHECK_S", "TRY_AGAIN", "WRITE_STALL_S", "OpenSocket", "TokenWatch"]
+__all__ = ["POLICY", "RECHECK_S", "STALLED", "TRY_AGAIN", "WRITE_STALL_S", "OpenSocket",
+           "TokenWatch"]
 
 log = logging.getLogger("authgate.websocket")
 
@@ -39,6 +40,7 @@ RECHECK_S = 0.5  # how often open connections' tokens are re-read (revocation bo
 WRITE_STALL_S = 30.0  # a side that takes nothing we write for this long is cut off
 POLICY = 1008  # policy violation: the token may no longer use this connection
 TRY_AGAIN = 1013  # try again later: the token cannot be verified now
+STALLED = "upstream stalled"  # the reason of a connection ended for a stalled upstream write
 
 
 @dataclass(eq=False, slots=True)
@@ -108,7 +110,7 @@ class TokenWatch:
         for conns in self._open.values():
             for conn in conns:
                 if 0 < conn.upstream_since < stalled:
-                    conn.end(1001, "upstream stalled")
+                    conn.end(1001, STALLED)
 
     async def _reread(self, token_hash: str) -> None:
         pipeline = self._pipeline

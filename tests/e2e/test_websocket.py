@@ -8,7 +8,9 @@ replica."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -54,6 +56,8 @@ async def _handler(up: Upstream, conn: ServerConnection) -> None:
             chunk = "x" * 16384
             while True:
                 await conn.send(chunk)
+        if path.startswith("/deaf"):  # never reads: the library's queue fills, then TCP's
+            await conn.wait_closed()
         if path.startswith("/headers"):
             await conn.send(json.dumps(seen))
         async for message in conn:
@@ -128,6 +132,19 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+def connections_to(port: int) -> int:
+    """TCP sockets a process still holds (inode set: not an orphan the kernel is finishing)
+    whose remote end is ``port``, i.e. this process's connections to that server."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            remote_port, inode = int(fields[2].split(":")[1], 16), fields[9]
+            if remote_port == port and inode != "0":
+                count += 1
+    return count
 
 
 # --- admitted: relayed both ways --------------------------------------------------------------
@@ -370,6 +387,34 @@ async def test_a_client_that_never_reads_is_cut_off_and_others_are_not(
         stuck.close()
 
 
+async def test_an_upstream_that_never_reads_is_closed_and_the_client_told(
+        start_gateway, ws_upstream, monkeypatch):
+    monkeypatch.setattr(ws_watch, "WRITE_STALL_S", 1.0)
+    rg = await gateway(start_gateway, ws_upstream)
+    _, secret = await token(rg)
+    chunk = os.urandom(65536)  # incompressible, and no compression: real bytes on the wire
+    async with connect(ws_url(rg, "/deaf"), additional_headers=bearer(secret),
+                       compression=None) as ws:
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.send(chunk)
+                    await asyncio.sleep(0)  # send() does not yield while the socket takes it
+
+        sending = asyncio.create_task(flood())
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 20)
+        sending.cancel()
+        await asyncio.wait({sending})
+    assert (ws.close_code, ws.close_reason) == (1001, "upstream stalled")
+    # The gateway let go of its upstream connection (aborted: a graceful close would hold it
+    # until the full buffer drained, i.e. forever). The deaf upstream does not read, so it
+    # cannot notice; the kernel finishes the orphaned socket.
+    port = int(ws_upstream.url.rsplit(":", 1)[1])
+    await wait_for(lambda: connections_to(port) == 0)
+
+
 # --- revocation closes open connections ---------------------------------------------------------
 
 
@@ -439,3 +484,21 @@ async def test_the_gateway_stopping_closes_connections_with_1012(start_gateway, 
     assert ws.close_code == 1012
     await wait_for(lambda: ws_upstream.open == 0)
     assert ws_upstream.closed[-1][1] == 1012
+
+
+async def test_with_the_httpx_forwarder_websockets_are_relayed_by_aiohttp(start_gateway,
+                                                                         ws_upstream):
+    rg = await gateway(start_gateway, ws_upstream, forwarder="httpx")
+    _, secret = await token(rg)
+    async with connect(ws_url(rg, "/echo"), additional_headers=bearer(secret)) as ws:
+        await ws.send("via aiohttp")
+        assert await ws.recv() == "via aiohttp"
+
+
+async def test_an_auth_none_route_is_relayed_without_a_token(start_gateway, ws_upstream):
+    rg = await gateway(start_gateway, ws_upstream,
+                       routes=[{"path": "/public/*", "auth": "none"}, {"path": "/*"}])
+    async with connect(ws_url(rg, "/public/feed")) as ws:
+        await ws.send("open")
+        assert await ws.recv() == "open"
+    assert "x-auth-subject" not in ws_upstream.headers[-1]
