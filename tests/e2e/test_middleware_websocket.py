@@ -6,6 +6,7 @@ sees ``state["auth"]`` and no credential, and a revoked token's open connection 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,23 @@ from tests.e2e.conftest import free_port
 
 ADMIN = Actor("cli:test")
 TTL_S = 1.0
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture
@@ -57,17 +75,8 @@ async def served(backend_pair: tuple[str, str]) -> AsyncIterator[tuple[str, Sett
 
     app = Starlette(routes=[WebSocketRoute("/{path:path}", echo)])
     app.add_middleware(AuthGateMiddleware, settings=settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                                           log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    yield f"ws://127.0.0.1:{port}", settings, disconnects
-    server.should_exit = True
-    await task
+    async with running(app) as url:
+        yield url, settings, disconnects
 
 
 async def test_judged_at_the_handshake_and_closed_on_revoke(served):
@@ -113,3 +122,43 @@ async def test_a_connection_of_a_valid_token_stays_open(served):
             await asyncio.sleep(TTL_S)  # several sweeps, past the cache's TTL
             await ws.send(str(i))
             assert await ws.recv() == str(i)
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_requires_scopes_on_a_fastapi_websocket_is_the_http_refusal(backend_pair,
+                                                                           tmp_path):
+    from fastapi import Depends, FastAPI
+
+    from gateway.fastapi import Auth, requires_scopes
+
+    settings = Settings(store=backend_pair[0], cache="memory://", pepper="mw-ws-pepper")
+    app = FastAPI()
+
+    @app.websocket("/feed")
+    async def feed(websocket: WebSocket,
+                   auth: Auth = Depends(requires_scopes("feed:read"))) -> None:
+        await websocket.accept()
+        await websocket.send_text(auth.subject)
+        await websocket.close()
+
+    app.add_middleware(AuthGateMiddleware, settings=settings)
+    await (await open_empty_store(settings.store)).close()
+    async with Services.opened(settings) as services:
+        _, reader = await services.authority.create(ADMIN, subject="r", name="b",
+                                                    scopes=["feed:read"])
+        _, other = await services.authority.create(ADMIN, subject="o", name="b",
+                                                   scopes=["other"])
+    async with running(app) as url:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{url}/feed",
+                               additional_headers={"Authorization": f"Bearer {other}"}):
+                pass
+        response = refused.value.response
+        assert response.status_code == 403
+        assert json.loads(response.body) == {
+            "error": "insufficient_scope", "error_description": "the token lacks scope feed:read"}
+        assert 'scope="feed:read"' in response.headers["WWW-Authenticate"]
+        assert response.headers["X-Request-Id"]
+        async with connect(f"{url}/feed",
+                           additional_headers={"Authorization": f"Bearer {reader}"}) as ws:
+            assert await ws.recv() == "r"
