@@ -239,9 +239,8 @@ class WebSocketRelay:
                      upstream: aiohttp.ClientWebSocketResponse, decision: Decision) -> None:
         record = decision.record
         conn = OpenSocket(record.token_hash if record else "", decision.route.scopes,
-                     asyncio.get_running_loop().create_future())
-        if record is not None:  # an auth: none route has no token to watch
-            self.watch.add(conn)
+                          asyncio.get_running_loop().create_future())
+        self.watch.add(conn)  # on an auth: none route, for stalled upstream writes only
         inbound = asyncio.ensure_future(_client_to_upstream(receive, upstream, conn))
         outbound = asyncio.ensure_future(_upstream_to_client(upstream, send))
         try:

@@ -46,7 +46,7 @@ STALLED = "upstream stalled"  # the reason of a connection ended for a stalled u
 @dataclass(eq=False, slots=True)
 class OpenSocket:
     """One relayed connection, as the watch sees it."""
-    token_hash: str
+    token_hash: str  # "" on an auth: none route (no token to re-read)
     scopes: tuple[str, ...]  # the route's
     ended: asyncio.Future[tuple[int, str]]
     upstream_since: float = 0.0  # monotonic start of a pending write to the upstream; 0: none
@@ -99,6 +99,8 @@ class TokenWatch:
         local = self._pipeline.cache.local
         misses: list[str] = []
         for token_hash, conns in list(self._open.items()):
+            if not token_hash:  # auth: none routes: watched for stalls only
+                continue
             cached = local.get(token_hash)
             if cached is MISS:
                 misses.append(token_hash)

@@ -98,6 +98,20 @@ async def test_a_stalled_upstream_write_ends_the_connection(services: Services,
     await watch.close()
 
 
+async def test_an_auth_none_connection_is_watched_for_stalls_only(services: Services,
+                                                                   monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(ws_watch, "WRITE_STALL_S", 0.05)
+    watch = TokenWatch(services.pipeline)
+    conn = OpenSocket("", (), asyncio.get_running_loop().create_future())
+    watch.add(conn)
+    await watch.sweep()
+    assert not conn.ended.done()  # no token, nothing to refuse
+    conn.upstream_since = time.monotonic() - 1
+    await watch.sweep()
+    assert conn.ended.result() == (1001, ws_watch.STALLED)
+    await watch.close()
+
+
 async def test_the_watch_runs_only_while_connections_are_open(services: Services,
                                                                monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(ws_watch, "RECHECK_S", 0.02)
