@@ -502,3 +502,27 @@ async def test_an_auth_none_route_is_relayed_without_a_token(start_gateway, ws_u
         await ws.send("open")
         assert await ws.recv() == "open"
     assert "x-auth-subject" not in ws_upstream.headers[-1]
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+@pytest.mark.parametrize("target", ["http://evil.example/x", "*", "//evil.example/x"])
+async def test_a_target_never_reaches_another_host(start_gateway, ws_upstream, backend_pair,
+                                                  target):
+    rg = await gateway(start_gateway, ws_upstream)
+    _, secret = await token(rg)
+    host, port = rg.proxy.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write((f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {secret}\r\n\r\n"
+                  ).encode())
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    if target.startswith("/"):  # a path ("//evil.example/x"): relayed to the upstream itself
+        assert b" 101 " in status
+        await wait_for(lambda: len(ws_upstream.headers) == 1)
+        assert ws_upstream.headers[0]["host"] == [ws_upstream.url.removeprefix("http://")]
+    else:  # not origin-form: refused, nothing forwarded
+        assert status.startswith(b"HTTP/1.1 4"), status
+        assert ws_upstream.headers == []
