@@ -56,7 +56,7 @@ from gateway.config import Settings
 from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision, Pipeline
-from gateway.proxy import POOL_WAIT_S, HeaderRules, _target, request_id_of
+from gateway.proxy import POOL_WAIT_S, HeaderRules, request_id_of, request_target
 from gateway.responses import rate_limit_headers
 from gateway.ws_watch import POLICY, OpenSocket, TokenWatch
 
@@ -206,9 +206,7 @@ class WebSocketRelay:
 
     async def _connect(self, scope: Scope, decision: Decision,
                        request_id: bytes) -> aiohttp.ClientWebSocketResponse:
-        target = _target(scope)
-        if target is None:
-            raise UpstreamError(400, "bad_request", "the request target must be a path ('/...')")
+        target = request_target(scope)
         assert self._session is not None
         headers = [(n, v) for n, v in self._rules.request(scope, decision, request_id)
                    if n.lower() not in _HANDSHAKE]
