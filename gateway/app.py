@@ -22,20 +22,24 @@ from gateway.proxy import Forwarder, ProxyApp, open_forwarder
 from gateway.services import Services
 from gateway.store import SqlStore
 from gateway.usage import UsageRecorder
+from gateway.websocket import WebSocketRelay
 
 
 class Gateway:
     """The services, the forwarder and the listeners' apps of one serving process."""
 
-    def __init__(self, services: Services, forwarder: Forwarder) -> None:
+    def __init__(self, services: Services, forwarder: Forwarder,
+                 websockets: WebSocketRelay | None = None) -> None:
         self.services = services
         self.forwarder = forwarder
+        self.websockets = websockets
         jwks = None
         if services.assertions is not None:
             from gateway.assertion import JwksEndpoint
 
             jwks = JwksEndpoint(services.assertions)
-        self.proxy_app = ProxyApp(services.pipeline, forwarder, services.metrics, jwks)
+        self.proxy_app = ProxyApp(services.pipeline, forwarder, services.metrics, jwks,
+                                  websockets)
 
     @classmethod
     async def start(cls, settings: Settings, metrics: Metrics | None = None,
@@ -48,8 +52,12 @@ class Gateway:
         except BaseException:
             await services.close()
             raise
+        # WebSockets go upstream through aiohttp whatever the forwarder (httpx has no client)
+        websockets = WebSocketRelay(services.pipeline, settings, services.metrics,
+                                    services.assertions)
+        await websockets.start()
         services.start()
-        return cls(services, forwarder)
+        return cls(services, forwarder, websockets)
 
     async def stop(self) -> None:
         """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""
@@ -57,6 +65,8 @@ class Gateway:
             await self.services.close()
         finally:
             await self.forwarder.close()
+            if self.websockets is not None:
+                await self.websockets.close()
 
     def admin_app(self) -> FastAPI:
         return build_admin_app(self.services)

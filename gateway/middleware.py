@@ -14,7 +14,9 @@ path rule, scopes, limits, the client address (``trusted_proxies``), usage, even
                 headers and ``X-Request-Id`` as the proxy's does.
     websocket   judged at the handshake (method GET). A refusal is the same HTTP response when
                 the server offers ``websocket.http.response``, else a close (1008) before accept,
-                which servers answer with 403. Admitted: the app sees ``state["auth"]`` as above.
+                which servers answer with 403. Admitted: the app sees ``state["auth"]`` as above;
+                once the token is no longer usable the connection is closed (1008) within the
+                revocation bound (``gateway.ws_watch``).
     lifespan    startup opens and starts the services before the app's own startup runs;
                 shutdown closes them (usage flushed) after the app's shutdown, before the server
                 is told it is complete. An app that does not speak lifespan is stood in for.
@@ -26,6 +28,7 @@ rendered here the same way, and counted as the gateway counts its own 403.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -39,6 +42,7 @@ from gateway.pipeline import Decision
 from gateway.responses import rate_limit_headers
 from gateway.routes import Router
 from gateway.services import Services
+from gateway.ws_watch import OpenSocket, TokenWatch
 
 log = logging.getLogger("authgate.middleware")
 
@@ -91,6 +95,7 @@ class AuthGateMiddleware:
         self.services: Services | None = None
         self._stopped = False  # the lifespan shut down: never reopen for a straggler
         self._opening: asyncio.Lock | None = None
+        self._watch: TokenWatch | None = None  # open WebSockets, made on the first one
         ih = self.settings.identity_headers
         api_key = self.settings.api_key_header
         # What a client may not hand the app: its credential and anything that looks like an
@@ -117,6 +122,9 @@ class AuthGateMiddleware:
 
     async def _close(self) -> None:
         self._stopped = True
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await watch.close()
         services, self.services = self.services, None
         if services is not None:
             await services.close()
@@ -206,7 +214,7 @@ class AuthGateMiddleware:
             return
         inner = self._inner_scope(scope, decision, request_id)
         if not http:
-            await self.app(inner, receive, send)
+            await self._websocket(services, inner, receive, send, decision, ip)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
         extra.append((b"x-request-id", request_id))
@@ -233,6 +241,57 @@ class AuthGateMiddleware:
             await responses.send_json(send, status, body,
                                       [*headers, (b"x-request-id", request_id)])
 
+    async def _websocket(self, services: Services, scope: Scope, receive: Receive, send: Send,
+                         decision: Decision, ip: str | None) -> None:
+        """An admitted WebSocket: the app runs it; once its token is no longer usable (revoked,
+        expired, suspended, scope removed: ``gateway.ws_watch``) the connection is closed with
+        1008 within the revocation bound. The app then receives ``websocket.disconnect`` (the
+        server's answer to our close) and what it still sends is dropped. A ``Refusal`` the app
+        raises before answering the handshake (``requires_scopes``) is the HTTP refusal."""
+        record = decision.record
+        answered = closed = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if closed:
+                return
+            answered = True
+            await send(message)
+
+        async def close_when_ended(conn: OpenSocket) -> None:
+            nonlocal closed
+            code, reason = await conn.ended
+            closed = True
+            with contextlib.suppress(OSError, RuntimeError):  # the client is gone already
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+
+        conn = closer = None
+        if record is not None:  # an auth: none route has no token to watch
+            if self._watch is None:
+                self._watch = TokenWatch(services.pipeline)
+            conn = OpenSocket(record.token_hash, decision.route.scopes,
+                              asyncio.get_running_loop().create_future())
+            self._watch.add(conn)
+            closer = asyncio.create_task(close_when_ended(conn))
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Refusal as refusal:
+            if answered or closed:
+                raise
+            if refusal.status == 403:
+                services.usage.event("access_denied", "insufficient_scope", ip,
+                                     record.id if record else None,
+                                     record.subject if record else None)
+            status, headers, body = responses.refusal(refusal)
+            request_id = dict(scope["headers"]).get(b"x-request-id", b"")
+            await _deny_websocket(scope, send, status, body,
+                                  [*headers, (b"x-request-id", request_id)])
+        finally:
+            if conn is not None and self._watch is not None:
+                self._watch.discard(conn)
+            if closer is not None:
+                closer.cancel()
+
     def _inner_scope(self, scope: Scope, decision: Decision, request_id: bytes) -> Scope:
         """The scope the app sees: its own copy, with ``state["auth"]`` and clean headers."""
         strip = self._strip
@@ -257,10 +316,17 @@ class AuthGateMiddleware:
             await responses.send_json(send, status, body, headers)
             return
         await receive()  # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await send({"type": "websocket.http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()), *headers]})
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
+        await _deny_websocket(scope, send, status, body, headers)
+
+
+async def _deny_websocket(scope: Scope, send: Send, status: int, body: bytes,
+                          headers: Headers) -> None:
+    """A refused handshake: the HTTP refusal when the server offers the denial response,
+    else a close (1008) before accept, which servers answer with 403."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})

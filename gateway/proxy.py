@@ -388,24 +388,30 @@ class ProxyApp:
     (400/502/504), both with the request id; an admitted request goes to the forwarder with
     the rate-limit headers and the request id added to the response. The path judged is the
     raw one as sent (``raw_path``), the client address the pipeline's (``trusted_proxies``).
-    Every request counts one outcome and its duration. WebSockets are closed (1008).
+    Every request counts one outcome and its duration. WebSockets go to ``websockets``
+    (``gateway.websocket.WebSocketRelay``: judged at the upgrade, then relayed); without it
+    they are closed (1008).
     With ``jwks`` (identity assertion configured), ``/.well-known/jwks.json`` is answered here,
     with no credential, and not forwarded.
     """
 
-    __slots__ = ("_forwarder", "_jwks", "_metrics", "_pipeline")
+    __slots__ = ("_forwarder", "_jwks", "_metrics", "_pipeline", "_websockets")
 
     def __init__(self, pipeline: Pipeline, forwarder: Forwarder, metrics: Metrics,
-                 jwks: ASGIApp | None = None) -> None:
+                 jwks: ASGIApp | None = None, websockets: ASGIApp | None = None) -> None:
         self._pipeline = pipeline
         self._forwarder = forwarder
         self._metrics = metrics
         self._jwks = jwks
+        self._websockets = websockets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
+                if self._websockets is not None:
+                    await self._websockets(scope, receive, send)
+                else:
+                    await send({"type": "websocket.close", "code": 1008})
             return
         if self._jwks is not None and scope["path"] == _JWKS_PATH:
             await self._jwks(scope, receive, send)

@@ -25,6 +25,7 @@ from gateway.app import Gateway
 from gateway.config import Settings, split_hostport
 from gateway.proxy import ON_DISCONNECT
 from gateway.responses import error_json
+from gateway.websocket import MAX_MESSAGE_BYTES, BoundedWebSocketProtocol
 
 GRACEFUL_S = 10
 MAX_HEAD_BYTES = 32 * 1024  # request line + headers, as sent
@@ -161,7 +162,10 @@ def _config(app: Callable[..., Awaitable[None]], listen: str, loop: str) -> uvic
                           # The client address is the peer's: a client must not choose its IP
                           # (per-IP limits, X-Forwarded-For) by sending X-Forwarded-For itself.
                           proxy_headers=False,
-                          date_header=False)
+                          date_header=False,
+                          # WebSockets (gateway.websocket): websockets' sans-I/O protocol, which
+                          # offers the denial response (refusals before the upgrade)
+                          ws=BoundedWebSocketProtocol, ws_max_size=MAX_MESSAGE_BYTES)
 
 
 async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
