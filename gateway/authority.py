@@ -102,6 +102,8 @@ class TokenAuthority:
         self.settings = settings
         self.clock = clock
         self._invalidate = invalidate
+        # Told of each replay this process handled (the alert watcher, when alerts is set).
+        self.on_replay: Callable[[Event], None] | None = None
 
     async def _changed(self, revoked: Sequence[Revoked] | None) -> None:
         if self._invalidate is not None:
@@ -174,9 +176,10 @@ class TokenAuthority:
 
     async def list(self, *, subject: str | None = None, status: str | None = None,
                    family: str | None = None, limit: int = 50, cursor: str | None = None,
-                   max_limit: int = MAX_PAGE) -> tuple[list[TokenRecord], str | None]:
+                   max_limit: int = MAX_PAGE, expires_before: datetime | None = None,
+                   ) -> tuple[list[TokenRecord], str | None]:
         flt = TokenFilter(check_filter("subject", subject), check_status(status),
-                          check_filter("family", family))
+                          check_filter("family", family), expires_before=expires_before)
         limit = check_limit(limit, max_limit)
         page = await self.store.list_tokens(flt, self.clock(), limit + 1, decode_cursor(cursor))
         more = len(page) > limit
@@ -311,6 +314,8 @@ class TokenAuthority:
         done = await self.store.revoke_replayed(record.family, REPLAYED, event)
         if done is not None:
             await self._changed(done)
+            if self.on_replay is not None:
+                self.on_replay(event.with_details(revoked=len(done)))
         return True
 
     async def cleanup(self, actor: Actor, older_than: object = 30 * 86400) -> int:

@@ -7,6 +7,7 @@
     gateway/cli_events.py   authgate events
     gateway/cli_keys.py     authgate keys rotate
     gateway/cli_subjects.py authgate subjects suspend|resume|list
+    gateway/cli_alerts.py   authgate watch --once, authgate alerts list|test
     gateway/cli_import.py   authgate import ... (loaded when named: it imports from this module)
 
 Exit status: 0 success; 1 the operation failed (unknown id, refused, store unreachable, bad
@@ -45,6 +46,7 @@ __all__ = ["_actor", "_print_json", "_settings", "exit_codes", "json_option", "m
 
 # Groups whose module imports this one: loaded on first use, so there is no import circle.
 _LAZY = {"import": "gateway.cli_import:import_command"}
+_LAZY.update(watch="gateway.cli_alerts:watch", alerts="gateway.cli_alerts:alerts")
 
 
 class _Main(click.Group):

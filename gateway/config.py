@@ -7,6 +7,8 @@ must start with '/'``). Unknown ``AUTHGATE_*`` variables are ignored on purpose:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import re
@@ -16,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.addresses import parse_network
 from gateway.errors import ConfigError
@@ -189,6 +199,144 @@ class Route(_Strict):
     _upstream = field_validator("upstream")(classmethod(lambda cls, v: _check_upstream(v)))
 
 
+# --- alerts (SPEC §12); the watcher, checks and channels live in gateway/monitor/ ------------
+
+ALERT_CHANNEL_TYPES = ("webhook", "slack", "teams", "discord", "email", "log")
+_HTTP_URL_RE = re.compile(r"https?://[^\s/?#@]+(/[^\s#]*)?")
+_SMTP_RE = re.compile(r"smtps?://([^\s/@]+@)?[^\s/@:]+(:\d{1,5})?/?")
+_EMAIL_RE = re.compile(r"[^\s@<>,]+@[^\s@<>,]+")
+_WHSEC_RE = re.compile(r"whsec_[A-Za-z0-9+/]{16,}={0,2}")
+
+
+def _window(value: object) -> int:
+    seconds = parse_duration(value)
+    if seconds < 1:
+        raise ValueError("must be at least 1s")
+    return seconds
+
+
+Window = Annotated[int, BeforeValidator(_window)]
+
+
+class AlertChannel(_Strict):
+    """One notification channel. ``url``: webhook, slack, teams, discord; ``secret``: webhook
+    (Standard Webhooks ``whsec_<base64>``); ``smtp``/``from``/``to``: email; log: nothing."""
+
+    type: Literal["webhook", "slack", "teams", "discord", "email", "log"]
+    url: str | None = Field(None, repr=False)  # a Slack or Discord URL is itself a secret
+    secret: str | None = Field(None, repr=False)
+    smtp: str | None = Field(None, repr=False)
+    from_: str | None = Field(None, alias="from")
+    to: tuple[str, ...] = ()
+    timeout_s: float = Field(10.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not _HTTP_URL_RE.fullmatch(v):
+            raise ValueError("is not an http:// or https:// URL")  # never echoed: may hold a key
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ok = bool(_WHSEC_RE.fullmatch(v)) and bool(base64.b64decode(v[6:], validate=True))
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise ValueError("must be whsec_ followed by base64 (Standard Webhooks)")
+        return v
+
+    @field_validator("smtp")
+    @classmethod
+    def _smtp(cls, v: str | None) -> str | None:
+        if v is not None and not _SMTP_RE.fullmatch(v):
+            raise ValueError("must be smtp://HOST:PORT or smtps://HOST:PORT (credentials "
+                             "optional, before the host)")
+        return v
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, v: str | None) -> str | None:
+        if v is not None and not _EMAIL_RE.fullmatch(v):
+            raise ValueError("is not an email address")
+        return v
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, v: object) -> object:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("to")
+    @classmethod
+    def _to_addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, address in enumerate(v):
+            if not _EMAIL_RE.fullmatch(address):
+                raise ValueError(f"entry {i} is not an email address")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> AlertChannel:
+        needed = {"webhook": ("url", "secret"), "slack": ("url",), "teams": ("url",),
+                  "discord": ("url",), "email": ("smtp", "from_", "to"), "log": ()}[self.type]
+        for name in needed:
+            if not getattr(self, name):
+                raise ValueError(f"{name.rstrip('_')} is required for type {self.type}")
+        return self
+
+
+class HighUsageRotation(_Strict):
+    requests_per_day: int = Field(1000, ge=1)
+    max_age_days: int = Field(30, ge=1)
+
+
+class RotationPolicy(_Strict):
+    max_age_days: int | None = Field(90, ge=1)
+    high_usage: HighUsageRotation | None = Field(default_factory=HighUsageRotation)
+
+
+class CountDetector(_Strict):
+    count: int = Field(ge=1)
+    window: Window
+
+
+class MultiIpDetector(_Strict):
+    distinct_ips: int = Field(5, ge=2)
+    window: Window = 3600
+
+
+class RapidUseDetector(_Strict):
+    requests: int = Field(5, ge=1)
+    window: Window = 600
+
+
+class Detectors(_Strict):
+    """Each detector is on with its defaults unless set to null."""
+
+    multi_ip: MultiIpDetector | None = Field(default_factory=MultiIpDetector)
+    rapid_use: RapidUseDetector | None = Field(default_factory=RapidUseDetector)
+    failed_auth: CountDetector | None = CountDetector(count=50, window=300)
+    rate_limit_breach: CountDetector | None = CountDetector(count=20, window=600)
+
+
+class Alerts(_Strict):
+    check_interval_s: float = Field(300.0, ge=1, le=86400)
+    channels: tuple[AlertChannel, ...] = ()
+    expiry_days: tuple[int, ...] = (30, 14, 7, 1)
+    rotation: RotationPolicy | None = Field(default_factory=RotationPolicy)
+    inactivity_revoke_days: int | None = Field(None, ge=1)
+    detectors: Detectors = Field(default_factory=Detectors)
+
+    @field_validator("expiry_days")
+    @classmethod
+    def _expiry_days(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < 1 for d in v):
+            raise ValueError("every threshold must be a whole number of days >= 1")
+        return tuple(sorted(set(v), reverse=True))
+
+
 class Settings(_Strict):
     upstream: str = "http://127.0.0.1:9000"
     listen: str = "127.0.0.1:8080"
@@ -215,6 +363,7 @@ class Settings(_Strict):
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed (§6)
     # Tokens created for one subject by any caller, counted in the store (SPEC §3); None = off.
     creation_limit: OptionalRateLimit = None
+    alerts: Alerts | None = None  # monitoring and notifications (SPEC §12); off when null
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -307,7 +456,8 @@ class Settings(_Strict):
     _upstream = field_validator("upstream")(classmethod(lambda cls, v: _check_upstream(v)))
 
 
-_STRUCTURED = {"routes", "roles", "identity_headers", "identity_assertion", "trusted_proxies"}
+_STRUCTURED = {"routes", "roles", "identity_headers", "identity_assertion", "trusted_proxies",
+               "alerts"}
 KEYS = tuple(Settings.model_fields)
 
 

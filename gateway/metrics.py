@@ -49,3 +49,19 @@ class Metrics:
         self.tokens = Gauge("authgate_tokens", "Tokens by status.", ["status"], registry=r)
         self.redis_errors = Counter("authgate_redis_errors_total",
                                     "Redis calls that failed (served without Redis).", registry=r)
+        # alerts (SPEC §12; gateway/monitor/): labels are kinds and channel types, never URLs
+        self.alerts = Counter("authgate_alerts_total", "Alerts raised, by kind.", ["kind"],
+                              registry=r)
+        self.alert_delivery_failures = Counter(
+            "authgate_alert_delivery_failures_total",
+            "Alert delivery attempts that failed (retried), by channel type.", ["channel"],
+            registry=r)
+        self.alert_delivery_lag = Gauge(
+            "authgate_alert_delivery_lag_seconds",
+            "Age of the oldest alert delivery not yet made (0: none pending).", registry=r)
+        self.monitor_checks_skipped = Counter(
+            "authgate_monitor_checks_skipped_total",
+            "Runs of the alert checks skipped because the store was unreachable.", registry=r)
+        self.monitor_leader = Gauge(
+            "authgate_monitor_leader", "1 while this replica runs the alert checks.",
+            registry=r)

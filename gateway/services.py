@@ -14,6 +14,8 @@ Optional services, built (and imported) only when configured:
 
     assertions  settings.identity_assertion  gateway.assertion.Assertions (keys read in open)
     legacy      settings.legacy_tokens       gateway.imports.legacy.LegacyVerifier (pipeline)
+    monitor     settings.alerts              gateway.monitor.Watcher (checks, outbox; started
+                                             in ``start`` only: the CLI runs it by hand)
 
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
 here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
@@ -43,6 +45,7 @@ from gateway.usage import UsageRecorder
 if TYPE_CHECKING:
     from gateway.assertion import Assertions
     from gateway.imports.legacy import LegacyVerifier
+    from gateway.monitor import Watcher
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
@@ -88,6 +91,12 @@ class Services:
             ia = settings.identity_assertion
             self.assertions = Assertions(ia.ttl_s, ia.audience, clock=(
                 time.time if clock is utcnow else lambda: clock().timestamp()))
+        self.monitor: Watcher | None = None
+        if settings.alerts is not None:
+            from gateway.monitor import Watcher  # off the request path; nothing when null
+
+            self.monitor = Watcher(settings.alerts, store, self.authority, self.metrics, clock)
+            self.authority.on_replay = self.monitor.replayed  # raised where it happens
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
 
@@ -142,12 +151,16 @@ class Services:
         if self.assertions is not None:
             self.assertions.start_refresh()  # keys re-read every REFRESH_S (rotations)
         self._gauge_task = asyncio.create_task(self._refresh_token_gauge())
+        if self.monitor is not None:
+            self.monitor.start()  # the watcher (one replica at a time) and the outbox worker
 
     async def close(self) -> None:
         """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""
         if self._gauge_task is not None:
             self._gauge_task.cancel()
             await asyncio.gather(self._gauge_task, return_exceptions=True)
+        if self.monitor is not None:
+            await self.monitor.stop()  # hands the watcher's lease over at once
         try:
             await self.usage.stop()
         finally:

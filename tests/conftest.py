@@ -74,6 +74,8 @@ async def open_empty_store(url: str) -> SqlStore:
         async with s.driver.transaction() as tx:
             await tx.execute("TRUNCATE tokens, token_events, token_usage_daily, token_usage_ips, "
                              "subjects")
+            await tx.execute("TRUNCATE request_outcomes")
+            await tx.execute("TRUNCATE alerts, alert_deliveries, monitor_lease")  # 006
     return s
 
 

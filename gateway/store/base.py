@@ -87,6 +87,7 @@ class TokenFilter:
     subject: str | None = None
     status: Status | None = None
     family: str | None = None
+    expires_before: datetime | None = None  # an expiry set and before this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,9 @@ class TokenStore(Protocol):
         ...
     async def list_events(self, flt: EventFilter, limit: int,
                           before_id: int | None = None) -> list[Event]: ...
+    async def record_outcomes(self, rows: Sequence[tuple[datetime, str, int]],
+                              prune_before: datetime | None = None) -> None: ...
+    async def outcome_counts(self, since: datetime) -> list[tuple[datetime, str, int]]: ...
 
     # Subjects (SPEC §7 suspension, §3 creation_limit): gateway/subjects.py.
     async def insert_token_limited(self, record: TokenRecord, event: Event, limit: RateLimit,

@@ -140,6 +140,16 @@ SELECT DISTINCT legacy_prefix FROM tokens WHERE legacy_key IS NOT NULL
 -- concurrent first matches one updates, the other finds legacy_key already cleared.
 UPDATE tokens SET token_hash = $2, legacy_key = NULL WHERE id = $1 AND legacy_key IS NOT NULL
 
+-- name: add_outcomes
+INSERT INTO request_outcomes (hour, outcome, count) VALUES ($1, $2, $3)
+ON CONFLICT (hour, outcome) DO UPDATE SET count = request_outcomes.count + excluded.count
+
+-- name: outcome_counts
+SELECT hour, outcome, count FROM request_outcomes WHERE hour >= $1 ORDER BY hour, outcome
+
+-- name: prune_outcomes
+DELETE FROM request_outcomes WHERE hour < $1
+
 -- name: suspend_subject
 -- Suspending a suspended subject changes nothing (no row counts as changed).
 INSERT INTO subjects (subject, suspended_at, suspended_reason, suspended_by)

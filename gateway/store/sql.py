@@ -227,6 +227,8 @@ class SqlStore:
             conds.append(f"family = {p(flt.family)}")
         if flt.status is not None:
             conds.append(_STATUS_SQL[flt.status].replace("{now}", p(now)))
+        if flt.expires_before is not None:
+            conds.append(f"expires_at < {p(flt.expires_before)}")
         return conds
 
     async def list_tokens(self, flt: TokenFilter, now: datetime, limit: int,
@@ -441,6 +443,21 @@ class SqlStore:
             await tx.execute(Q("legacy_rehash"), token_id, token_hash)
             row = await tx.fetchrow(Q("get_token"), token_id)
             return _record(row) if row else None
+
+    # --- requests by outcome per hour (gateway.outcomes) ------------------------------------
+
+    async def record_outcomes(self, rows: Sequence[tuple[datetime, str, int]],
+                              prune_before: datetime | None = None) -> None:
+        """Add (hour, outcome, count) rows and drop the hours before ``prune_before``, in one
+        transaction."""
+        async with self.driver.transaction() as tx:
+            await tx.executemany(Q("add_outcomes"), [tuple(r) for r in rows])
+            if prune_before is not None:
+                await tx.execute(Q("prune_outcomes"), prune_before)
+
+    async def outcome_counts(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        rows = await self.driver.fetch(Q("outcome_counts"), since)
+        return [(_when(r["hour"]), r["outcome"], int(r["count"])) for r in rows]
 
     # --- subjects: suspension and the creation limit (SPEC §7, §3; gateway/subjects.py) ------
 

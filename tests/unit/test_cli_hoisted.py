@@ -125,9 +125,10 @@ def test_the_tree_lists_every_command() -> None:
         return {line.split()[0] for line in block.splitlines() if line.startswith("  ")}
 
     assert names() == {"demo", "events", "import", "keys", "migrate", "serve", "stats",
-                       "subjects", "tokens"}
+                       "tokens", "alerts", "watch", "subjects"}
     assert names("subjects") == {"list", "resume", "suspend"}
     assert names("tokens") == {"cleanup", "create", "delete", "introspect", "list", "revoke",
                                "revoke-all", "rotate", "show", "update", "usage"}
     assert names("keys") == {"rotate"}
+    assert names("alerts") == {"list", "test"}
     assert names("import") == {"bcrypt", "sanctum", "sha256"}

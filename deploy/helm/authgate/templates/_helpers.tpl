@@ -48,4 +48,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: {{ .Values.config.routes | toJson | quote }}
 - name: AUTHGATE_ROLES
   value: {{ .Values.config.roles | toJson | quote }}
+- name: AUTHGATE_ALERTS
+  valueFrom: {secretKeyRef: {name: {{ include "authgate.secretName" . }}, key: alerts, optional: true}}
 {{- end -}}
