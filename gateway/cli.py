@@ -6,6 +6,7 @@
     gateway/cli_tokens.py   authgate tokens ... (introspect: gateway/cli_introspect.py)
     gateway/cli_events.py   authgate events
     gateway/cli_keys.py     authgate keys rotate
+    gateway/cli_subjects.py authgate subjects suspend|resume|list
     gateway/cli_alerts.py   authgate watch --once, authgate alerts list|test
     gateway/cli_import.py   authgate import ... (loaded when named: it imports from this module)
 
@@ -35,6 +36,7 @@ from gateway.cli_base import (
 )
 from gateway.cli_events import events
 from gateway.cli_keys import keys
+from gateway.cli_subjects import subjects
 from gateway.cli_tokens import tokens
 from gateway.config import load_settings
 from gateway.store import SqlStore, make_store
@@ -138,3 +140,4 @@ async def stats(auth: TokenAuthority, config: str | None, store: str | None,
 main.add_command(tokens)
 main.add_command(events)
 main.add_command(keys)
+main.add_command(subjects)

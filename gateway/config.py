@@ -361,6 +361,8 @@ class Settings(_Strict):
         default_factory=lambda: {"reader": ("read",), "writer": ("read", "write")})
     routes: tuple[Route, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed (§6)
+    # Tokens created for one subject by any caller, counted in the store (SPEC §3); None = off.
+    creation_limit: OptionalRateLimit = None
     alerts: Alerts | None = None  # monitoring and notifications (SPEC §12); off when null
 
     @field_validator("listen", "admin_listen")

@@ -94,3 +94,14 @@ class Forbidden(Exception):
         super().__init__(description)
         self.description = description
         self.scope = scope
+
+
+class CreationLimited(Refused):
+    """A create beyond ``creation_limit`` for its subject (SPEC §3): API 429 with Retry-After,
+    CLI exit 1. ``retry_after_s``: until one more may be created."""
+
+    def __init__(self, subject: str, limit: str, retry_after_s: int) -> None:
+        super().__init__(f"creation_limit: subject {subject!r} has had {limit} tokens created "
+                         f"already; retry in {retry_after_s} s")
+        self.limit = limit
+        self.retry_after_s = retry_after_s

@@ -17,8 +17,9 @@ Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (``e
 the metric label) and a message; ``gateway.responses`` is the one place that turns it into
 headers and a body.
 Each refusal is also one event, counted in memory (SPEC §8): ``auth_failed`` for a 401
-(``details.reason``: missing, malformed, unknown, revoked, expired, replay), ``access_denied`` for
-a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or ``client_ip``).
+(``details.reason``: missing, malformed, unknown, revoked, expired, suspended, replay),
+``access_denied`` for a 403, ``rate_limited`` for a 429 (reason ``token``, ``route`` or
+``client_ip``).
 
 The brake: refused credentials are charged to the client address in the limiter (I/O, but only
 on a refusal). When the limiter refuses a charge, the address is remembered here as blocked until
@@ -260,6 +261,8 @@ class Pipeline:
             return "revoked"
         if record.is_expired(now):
             return "expired"
+        if record.suspended and not record.is_replay(now):  # its subject is (SPEC §7)
+            return "suspended"
         return None
 
     async def _replay(self, record: TokenRecord, ip: str | None, count: bool) -> None:
@@ -308,4 +311,5 @@ class Pipeline:
         return result
 
 
-_UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired"}
+_UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired",
+             "suspended": "the token's subject is suspended"}

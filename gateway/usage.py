@@ -14,6 +14,7 @@ from datetime import datetime
 
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
+from gateway.outcomes import OutcomeCounts
 from gateway.store import Event, TokenStore, Usage
 
 log = logging.getLogger("authgate.usage")
@@ -52,6 +53,7 @@ class UsageRecorder:
         # One flush at a time: a caller's flush (or shutdown's) waits for one in progress, so
         # "flush() returned" means everything counted before it is written.
         self._lock = asyncio.Lock()
+        self.outcomes = OutcomeCounts(store, metrics, clock)  # the dashboard's hourly chart
 
     def hit(self, token_id: str, ip: str | None, now: datetime) -> None:
         u = self._usage.get(token_id)
@@ -143,6 +145,7 @@ class UsageRecorder:
 
     async def flush(self) -> int:
         async with self._lock:
+            await self.outcomes.flush()
             return await self._flush()
 
     async def _flush(self) -> int:

@@ -72,7 +72,9 @@ async def open_empty_store(url: str) -> SqlStore:
     await s.migrate()
     if s.dialect == "postgresql":  # one database per run: empty it between tests
         async with s.driver.transaction() as tx:
-            await tx.execute("TRUNCATE tokens, token_events, token_usage_daily, token_usage_ips")
+            await tx.execute("TRUNCATE tokens, token_events, token_usage_daily, token_usage_ips, "
+                             "subjects")
+            await tx.execute("TRUNCATE request_outcomes")
             await tx.execute("TRUNCATE alerts, alert_deliveries, monitor_lease")  # 006
     return s
 

@@ -6,17 +6,20 @@
     access.py   who the caller is (admin, self-service, bootstrap) and what it may touch
     ops.py      /healthz, /readyz, /metrics, /v1/authorize (forward auth)
     page.py     /admin and its static files (strict CSP)
+    dashboard.py /v1/stats/outcomes (the dashboard's chart); expiry.py: /v1/tokens?expires_before
     models.py   request/response models: the source of /openapi.json
     errors.py   every error as {"error", "error_description"} (gateway.responses)
     guard.py    body size limit and cross-site refusal (ASGI middleware)
     export.py   CSV export
+    subjects.py /v1/subjects/{subject}/suspend|resume|suspension, /v1/subjects/suspended
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway.admin import alerts, api, errors, ops, page
+from gateway.admin import alerts, api, dashboard, errors, ops, page
+from gateway.admin import subjects as admin_subjects
 from gateway.admin.deps import AdminServices
 from gateway.admin.guard import AdminGuard
 
@@ -35,5 +38,7 @@ def build_admin_app(services: AdminServices | None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(alerts.router)
     app.include_router(page.router)
+    app.include_router(dashboard.router)
+    admin_subjects.install(app)  # suspension routes, the creation limit's 429
     app.add_middleware(AdminGuard)
     return app

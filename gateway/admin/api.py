@@ -29,6 +29,7 @@ from gateway.admin.access import (
     visible_event,
 )
 from gateway.admin.deps import AuthorityDep, PipelineDep, SettingsDep, UsageDep
+from gateway.admin.expiry import ExpiresBefore, expiry_cut
 from gateway.admin.export import EVENT_COLUMNS, TOKEN_COLUMNS, csv_response, wants_csv
 from gateway.authority import (
     Allow,
@@ -149,17 +150,20 @@ async def list_tokens(request: Request, who: CallerDep, auth: AuthDep,
                       family: Annotated[str | None, Query(max_length=200)] = None,
                       limit: m.PAGE_LIMIT = 50,
                       cursor: Annotated[str | None, Query(max_length=200)] = None,
-                      format: Format = None) -> Any:
-    """Tokens, newest first; `?format=csv` exports every match."""
+                      format: Format = None,
+                      expires_before: ExpiresBefore | None = None) -> Any:
+    """Tokens, newest first; `?format=csv` exports every match. `expires_before` keeps tokens
+    with an expiry before that time (`30d`: within 30 days from now)."""
     subject = subject_filter(who, subject)
+    cut = expiry_cut(expires_before, auth.clock())
     if wants_csv(request, format):
         async def pages(after: str | None) -> tuple[list[dict[str, Any]], str | None]:
             page, nxt = await auth.list(subject=subject, status=status, family=family,
-                                        limit=500, cursor=after)
+                                        limit=500, cursor=after, expires_before=cut)
             return [_out(auth, r) for r in page], nxt
         return await _export(pages, TOKEN_COLUMNS, "tokens.csv")
     page, nxt = await auth.list(subject=subject, status=status, family=family, limit=limit,
-                                cursor=cursor)
+                                cursor=cursor, expires_before=cut)
     return {"items": [_out(auth, r) for r in page], "next_cursor": nxt}
 
 

@@ -41,6 +41,9 @@ class TokenRecord:
     # and that hash; None for authgate's own tokens.
     legacy_kind: str | None = None
     legacy_hash: str | None = None
+    # Its subject is suspended (SPEC §7): read with the record (get_by_hash joins subjects), so
+    # a cached copy carries it and the revocation bound covers suspension too.
+    suspended: bool = False
 
     def is_revoked(self, now: datetime) -> bool:
         return self.revoked_at is not None and self.revoked_at <= now
@@ -84,6 +87,7 @@ class TokenFilter:
     subject: str | None = None
     status: Status | None = None
     family: str | None = None
+    expires_before: datetime | None = None  # an expiry set and before this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,15 @@ class Revoked:
     """A token a bulk revoke changed: enough for callers to drop it from caches."""
     id: str
     token_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """A suspended subject (SPEC §7): every token of it is refused until it is resumed."""
+    subject: str
+    suspended_at: datetime
+    reason: str | None
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +189,17 @@ class TokenStore(Protocol):
         ...
     async def list_events(self, flt: EventFilter, limit: int,
                           before_id: int | None = None) -> list[Event]: ...
+    async def record_outcomes(self, rows: Sequence[tuple[datetime, str, int]],
+                              prune_before: datetime | None = None) -> None: ...
+    async def outcome_counts(self, since: datetime) -> list[tuple[datetime, str, int]]: ...
+
+    # Subjects (SPEC §7 suspension, §3 creation_limit): gateway/subjects.py.
+    async def insert_token_limited(self, record: TokenRecord, event: Event, limit: RateLimit,
+                                   refused: Event) -> float | None: ...
+    async def suspend_subject(self, subject: str, reason: str | None,
+                              event: Event) -> tuple[Suspension | None, bool, list[Revoked]]: ...
+    async def resume_subject(self, subject: str,
+                             event: Event) -> tuple[bool, list[Revoked]]: ...
+    async def get_suspension(self, subject: str) -> Suspension | None: ...
+    async def list_suspended(self, limit: int,
+                             after: tuple[datetime, str] | None = None) -> list[Suspension]: ...

@@ -7,10 +7,16 @@ INSERT INTO tokens (id, token_hash, hint, subject, name, scopes, family, rate_li
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 
 -- name: get_token
-SELECT * FROM tokens WHERE id = $1
+-- With its subject's suspension (subjects, 005): ``suspended`` is 1/true while it lasts.
+SELECT t.*, s.subject IS NOT NULL AS suspended FROM tokens t
+LEFT JOIN subjects s ON s.subject = t.subject AND s.suspended_at IS NOT NULL
+WHERE t.id = $1
 
 -- name: get_by_hash
-SELECT * FROM tokens WHERE token_hash = $1
+-- The gateway's lookup: one primary-key probe more for the suspension flag (see get_token).
+SELECT t.*, s.subject IS NOT NULL AS suspended FROM tokens t
+LEFT JOIN subjects s ON s.subject = t.subject AND s.suspended_at IS NOT NULL
+WHERE t.token_hash = $1
 
 -- name: revoke_token
 -- A token in a rotation grace has revoked_at in the future: revoking it now still counts. A
@@ -133,3 +139,45 @@ SELECT DISTINCT legacy_prefix FROM tokens WHERE legacy_key IS NOT NULL
 -- A bcrypt token's first match: from now on it is found by authgate's keyed hash. Of two
 -- concurrent first matches one updates, the other finds legacy_key already cleared.
 UPDATE tokens SET token_hash = $2, legacy_key = NULL WHERE id = $1 AND legacy_key IS NOT NULL
+
+-- name: add_outcomes
+INSERT INTO request_outcomes (hour, outcome, count) VALUES ($1, $2, $3)
+ON CONFLICT (hour, outcome) DO UPDATE SET count = request_outcomes.count + excluded.count
+
+-- name: outcome_counts
+SELECT hour, outcome, count FROM request_outcomes WHERE hour >= $1 ORDER BY hour, outcome
+
+-- name: prune_outcomes
+DELETE FROM request_outcomes WHERE hour < $1
+
+-- name: suspend_subject
+-- Suspending a suspended subject changes nothing (no row counts as changed).
+INSERT INTO subjects (subject, suspended_at, suspended_reason, suspended_by)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (subject) DO UPDATE SET suspended_at = excluded.suspended_at,
+    suspended_reason = excluded.suspended_reason, suspended_by = excluded.suspended_by
+WHERE subjects.suspended_at IS NULL
+
+-- name: resume_subject
+UPDATE subjects SET suspended_at = NULL, suspended_reason = NULL, suspended_by = NULL
+WHERE subject = $1 AND suspended_at IS NOT NULL
+
+-- name: get_subject
+SELECT * FROM subjects WHERE subject = $1
+
+-- name: subject_token_hashes
+-- Every token of a subject, to drop from the caches when its suspension changes.
+SELECT id, token_hash FROM tokens WHERE subject = $1
+
+-- name: lock_subject
+-- The per-subject lock of creation_limit: PostgreSQL holds the upserted row's lock until the
+-- transaction ends (so a concurrent create of the subject waits, then counts what this one
+-- committed); SQLite's BEGIN IMMEDIATE already serialises writers.
+INSERT INTO subjects (subject) VALUES ($1)
+ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
+
+-- name: created_since
+-- The subject's newest token creations in the window, newest first, at most the limit.
+SELECT at FROM token_events
+WHERE subject = $1 AND type = 'token_created' AND at > $2
+ORDER BY at DESC LIMIT $3

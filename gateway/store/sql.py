@@ -23,6 +23,7 @@ from gateway.store.base import (
     LegacyImport,
     Revoked,
     Stats,
+    Suspension,
     TokenFilter,
     TokenRecord,
     Usage,
@@ -127,6 +128,7 @@ def _record(row: Row) -> TokenRecord:
         revoked_reason=row["revoked_reason"], rotated_from=row["rotated_from"],
         grace_until=_time(row["grace_until"]), seq=row["seq"],
         legacy_kind=_optional(row, "legacy_kind"), legacy_hash=_optional(row, "legacy_hash"),
+        suspended=bool(_optional(row, "suspended")),
     )
 
 
@@ -225,6 +227,8 @@ class SqlStore:
             conds.append(f"family = {p(flt.family)}")
         if flt.status is not None:
             conds.append(_STATUS_SQL[flt.status].replace("{now}", p(now)))
+        if flt.expires_before is not None:
+            conds.append(f"expires_at < {p(flt.expires_before)}")
         return conds
 
     async def list_tokens(self, flt: TokenFilter, now: datetime, limit: int,
@@ -439,3 +443,87 @@ class SqlStore:
             await tx.execute(Q("legacy_rehash"), token_id, token_hash)
             row = await tx.fetchrow(Q("get_token"), token_id)
             return _record(row) if row else None
+
+    # --- requests by outcome per hour (gateway.outcomes) ------------------------------------
+
+    async def record_outcomes(self, rows: Sequence[tuple[datetime, str, int]],
+                              prune_before: datetime | None = None) -> None:
+        """Add (hour, outcome, count) rows and drop the hours before ``prune_before``, in one
+        transaction."""
+        async with self.driver.transaction() as tx:
+            await tx.executemany(Q("add_outcomes"), [tuple(r) for r in rows])
+            if prune_before is not None:
+                await tx.execute(Q("prune_outcomes"), prune_before)
+
+    async def outcome_counts(self, since: datetime) -> list[tuple[datetime, str, int]]:
+        rows = await self.driver.fetch(Q("outcome_counts"), since)
+        return [(_when(r["hour"]), r["outcome"], int(r["count"])) for r in rows]
+
+    # --- subjects: suspension and the creation limit (SPEC §7, §3; gateway/subjects.py) ------
+
+    async def insert_token_limited(self, record: TokenRecord, event: Event, limit: RateLimit,
+                                   refused: Event) -> float | None:
+        """``insert_token`` unless ``record.subject`` already had ``limit.limit`` tokens created
+        in the ``limit.window_s`` seconds before ``event.at``: then ``refused`` is recorded
+        instead and the seconds until one more may be created are returned. Count and insert
+        run under the subject's lock, so concurrent creates (any process) are exact."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(Q("lock_subject"), record.subject)
+            since = event.at - timedelta(seconds=limit.window_s)
+            rows = await tx.fetch(Q("created_since"), record.subject, since, limit.limit)
+            if len(rows) >= limit.limit:
+                await tx.execute(Q("insert_event"), *_event_row(refused))
+                frees = _when(rows[-1]["at"]) + timedelta(seconds=limit.window_s)
+                return max(0.0, (frees - event.at).total_seconds())
+            await self._insert(tx, record)
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            return None
+
+    async def suspend_subject(self, subject: str, reason: str | None,
+                              event: Event) -> tuple[Suspension | None, bool, list[Revoked]]:
+        """Suspend ``subject`` (recording ``event``) unless it is already: (the suspension,
+        whether this call made it, the subject's tokens to drop from the caches)."""
+        async with self.driver.transaction() as tx:
+            changed = await tx.execute(Q("suspend_subject"), subject, event.at, reason,
+                                       event.actor) > 0
+            if changed:
+                await tx.execute(Q("insert_event"), *_event_row(event))
+            row = await tx.fetchrow(Q("get_subject"), subject)
+            tokens = await tx.fetch(Q("subject_token_hashes"), subject) if changed else []
+            return (_suspension(row) if row else None), changed, [
+                Revoked(r["id"], r["token_hash"]) for r in tokens]
+
+    async def resume_subject(self, subject: str, event: Event) -> tuple[bool, list[Revoked]]:
+        """End a suspension (recording ``event``); (whether there was one, tokens to drop)."""
+        async with self.driver.transaction() as tx:
+            changed = await tx.execute(Q("resume_subject"), subject) > 0
+            if not changed:
+                return False, []
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            tokens = await tx.fetch(Q("subject_token_hashes"), subject)
+            return True, [Revoked(r["id"], r["token_hash"]) for r in tokens]
+
+    async def get_suspension(self, subject: str) -> Suspension | None:
+        row = await self.driver.fetchrow(Q("get_subject"), subject)
+        return _suspension(row) if row else None
+
+    async def list_suspended(self, limit: int,
+                             after: tuple[datetime, str] | None = None) -> list[Suspension]:
+        """Suspended subjects, most recently suspended first (then by subject, descending);
+        ``after``: the (suspended_at, subject) of the previous page's last one."""
+        p = _Params()
+        conds = ["suspended_at IS NOT NULL"]
+        if after is not None:
+            at, subject = p(after[0]), p(after[1])
+            conds.append(f"(suspended_at < {at} OR (suspended_at = {at} AND subject < {subject}))")
+        sql = (f"SELECT * FROM subjects{_where(conds)} ORDER BY suspended_at DESC, subject DESC "
+               f"LIMIT {p(limit)}")
+        return [s for r in await self.driver.fetch(sql, *p.values)
+                if (s := _suspension(r)) is not None]
+
+
+def _suspension(row: Row) -> Suspension | None:
+    if row["suspended_at"] is None:
+        return None
+    return Suspension(subject=row["subject"], suspended_at=_when(row["suspended_at"]),
+                      reason=row["suspended_reason"], actor=row["suspended_by"] or "")

@@ -51,7 +51,8 @@ COMMANDS = [["stats"], ["tokens", "list"], ["tokens", "list", "--csv"], ["tokens
             ["tokens", "update", "x", "--name", "n"], ["tokens", "usage", "x"],
             ["tokens", "revoke", "x"], ["tokens", "rotate", "x"], ["tokens", "delete", "x"],
             ["tokens", "cleanup"], ["tokens", "revoke-all", "--yes", "--reason", "r"],
-            ["events"], ["events", "--csv"]]
+            ["events"], ["events", "--csv"],
+            ["subjects", "suspend", "s"], ["subjects", "resume", "s"], ["subjects", "list"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -124,7 +125,8 @@ def test_the_tree_lists_every_command() -> None:
         return {line.split()[0] for line in block.splitlines() if line.startswith("  ")}
 
     assert names() == {"demo", "events", "import", "keys", "migrate", "serve", "stats",
-                       "tokens", "alerts", "watch"}
+                       "tokens", "alerts", "watch", "subjects"}
+    assert names("subjects") == {"list", "resume", "suspend"}
     assert names("tokens") == {"cleanup", "create", "delete", "introspect", "list", "revoke",
                                "revoke-all", "rotate", "show", "update", "usage"}
     assert names("keys") == {"rotate"}

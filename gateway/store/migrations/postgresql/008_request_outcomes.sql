@@ -1,0 +1,8 @@
+-- Requests by outcome per UTC hour (admin API: /v1/stats/outcomes), added to by every
+-- replica's usage flush; one row per (hour, outcome).
+CREATE TABLE request_outcomes (
+    hour    TIMESTAMPTZ NOT NULL,
+    outcome TEXT NOT NULL,
+    count   BIGINT NOT NULL,
+    PRIMARY KEY (hour, outcome)
+);
