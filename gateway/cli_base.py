@@ -157,9 +157,9 @@ def _now() -> datetime:
 
 def _print_record(record: dict[str, Any]) -> None:
     for key, value in record.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = " ".join(value) or "-"
-        elif isinstance(value, dict):
+        elif isinstance(value, list | dict):
             value = json.dumps(value) if value else "-"
         click.echo(f"{key:<15} {'-' if value is None else value}")
 

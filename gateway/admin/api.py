@@ -108,7 +108,13 @@ async def _own(auth: TokenAuthority, who: Caller, token_id: str) -> TokenRecord:
 
 
 def _rate(value: Any) -> Any:
+    if isinstance(value, list):  # named limits (SPEC §13)
+        return [v.model_dump() for v in value]
     return value.model_dump() if isinstance(value, m.RateLimitIn) else value
+
+
+def _credits(value: m.CreditsIn | None) -> dict[str, Any] | None:
+    return None if value is None else value.model_dump()
 
 
 def _presentable(auth: TokenAuthority, allow: Allow | None) -> Allow:
@@ -137,7 +143,7 @@ async def create_token(body: m.TokenCreate, who: CallerDep, auth: AuthDep) -> di
         who.actor, subject=body.subject, name=body.name, scopes=scopes,
         expires_in=body.expires_in, expires_at=body.expires_at,
         rate_limit=_rate(body.rate_limit), metadata=body.metadata,
-        allow=_presentable(auth, allow))
+        allow=_presentable(auth, allow), credits=_credits(body.credits))
     return _out(auth, record, secret)
 
 
@@ -177,6 +183,8 @@ async def update_token(token_id: str, body: m.TokenUpdate, who: CallerDep,
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     if "rate_limit" in changes:
         changes["rate_limit"] = _rate(changes["rate_limit"])
+    if "credits" in changes:
+        changes["credits"] = _credits(changes["credits"])
     return _out(auth, await auth.update(who.actor, token_id, allow=bounded(who), **changes))
 
 

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Any, Literal, Protocol
 
 from gateway.config import RateLimit
+from gateway.credits import Credits, NamedLimit
 
 Status = Literal["active", "revoked", "expired"]
 STATUSES: tuple[Status, ...] = ("active", "revoked", "expired")
@@ -41,6 +42,9 @@ class TokenRecord:
     # and that hash; None for authgate's own tokens.
     legacy_kind: str | None = None
     legacy_hash: str | None = None
+    # SPEC §13: named limits (instead of rate_limit when set) and usage credits.
+    named_limits: tuple[NamedLimit, ...] = ()
+    credits: Credits | None = None
 
     def is_revoked(self, now: datetime) -> bool:
         return self.revoked_at is not None and self.revoked_at <= now
@@ -176,3 +180,5 @@ class TokenStore(Protocol):
         ...
     async def list_events(self, flt: EventFilter, limit: int,
                           before_id: int | None = None) -> list[Event]: ...
+    async def take_credits(self, token_id: str, generation: int, period: int,
+                           want: int) -> int: ...
