@@ -28,16 +28,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.config import RateLimit, parse_rate_limit
 from gateway.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from gateway.ratelimit import LimitResult, Limits
 
 Interval = Literal["day", "month"]
 INTERVALS: tuple[Interval, ...] = ("day", "month")
 MAX_NAMED = 8
 MAX_CREDITS = 10**12  # fits the store's BIGINT and a double's exact integers (Lua)
 MAX_LEASE = 100
+MAX_TRIES = 100  # leases one request may wait for before it is refused (crowds only)
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _CLI_NAMED_RE = re.compile(r"\s*([^=\s]+)\s*=\s*(.+)")
 
@@ -207,6 +211,11 @@ class CreditCounter(Protocol):
     async def add_credits(self, key: str, period: int, amount: int) -> None: ...
 
 
+class QuotaLimiter(CreditCounter, Protocol):
+    async def hit_quota(self, limits: Limits, credit: str | None,
+                        period: int) -> LimitResult: ...
+
+
 def counter_key(token_id: str, credits: Credits) -> str:
     """The counter's key: the token id as a Redis Cluster hash tag, so it shares a slot with
     the token's limit keys; the generation, so a change through the API starts afresh."""
@@ -254,6 +263,25 @@ class CreditKeeper:
             raise
         finally:
             del self._inflight[key]
+
+
+async def charge(limiter: QuotaLimiter, keeper: CreditKeeper, token_id: str, limits: Limits,
+                 credits: Credits | None, now: datetime) -> LimitResult:
+    """Every limit, then one credit, in one atomic limiter call; a counter found empty is
+    refilled with one lease from the store and the call repeated. ``result.short``: the
+    credits are used up (nothing was charged). Raises StoreUnavailable from a lease."""
+    key = counter_key(token_id, credits) if credits is not None else None
+    period = period_of(credits.refill_interval, now) if credits is not None else 0
+    result = await limiter.hit_quota(limits, key, period)
+    # Refused for credits only when the store has none left: each turn of this loop took a
+    # lease (others may spend it first), and the leases of a balance are finite.
+    for _ in range(MAX_TRIES):
+        if not result.short or credits is None or key is None:
+            break
+        if not await keeper.refill(token_id, credits, key, period):
+            break
+        result = await limiter.hit_quota(limits, key, period)
+    return result
 
 
 def retry_after_s(credits: Credits, now: datetime) -> int | None:

@@ -44,7 +44,7 @@ from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import RateLimit, Settings
-from gateway.credits import CreditKeeper, counter_key, period_of, retry_after_s
+from gateway.credits import CreditKeeper, charge, retry_after_s
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, RateLimiter
@@ -332,19 +332,12 @@ class Pipeline:
             names.append("route")
             limits.append((f"r:{route.index}:{tag}", route.rate_limit))
         credits = record.credits
-        key = counter_key(record.id, credits) if credits is not None else None
         now = self.clock()
-        period = period_of(credits.refill_interval, now) if credits is not None else 0
-        for _ in range(3):  # a lease taken may be spent by others before our next try
-            result = await self.limiter.hit_quota(limits, key, period)
-            if not result.short or credits is None or key is None:
-                break
-            try:
-                if not await self.credits.refill(record.id, credits, key, period):
-                    break
-            except StoreUnavailable:
-                raise Refusal(503, "unavailable", "the token store is unreachable; retry "
-                              "shortly", retry_after=5) from None
+        try:
+            result = await charge(self.limiter, self.credits, record.id, limits, credits, now)
+        except StoreUnavailable:
+            raise Refusal(503, "unavailable", "the token store is unreachable; retry "
+                          "shortly", retry_after=5) from None
         if record.named_limits and limits:
             result = replace(result, named=tuple(
                 (name, limit, *part) for name, (_, limit), part in

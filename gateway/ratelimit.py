@@ -243,6 +243,8 @@ class RedisLimiter:
         self._fallback = fallback or MemoryLimiter()
         self._batch: list[tuple[list[str], list[int], asyncio.Future[list[int] | None]]] = []
         self._tasks: set[asyncio.Task[None]] = set()  # strong references while batches run
+        self._quota_batch: list[tuple[list[str], list[int],
+                                      asyncio.Future[list[int] | None]]] = []
 
     async def hit(self, limits: Limits) -> LimitResult:
         if not self._redis.healthy():
@@ -285,8 +287,12 @@ class RedisLimiter:
         if credit is not None:
             keys.append(f"authgate:cr:{credit}")
             args.append(period)
-        reply = await self._redis.call(self._redis.script(
-            _QUOTA, _QUOTA_SHA, keys, *args))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int] | None] = loop.create_future()
+        if not self._quota_batch:  # batched as hit() is: one pipeline per event-loop turn
+            loop.call_soon(self._send_quota_batch)
+        self._quota_batch.append((keys, args, future))
+        reply = await future
         if reply is None:  # Redis failed just now
             return self._fallback.hit_quota_now(limits, credit, period)
         admitted, idx, remaining, reset_ms, retry_ms, short, allowance, *rest = (
@@ -299,6 +305,21 @@ class RedisLimiter:
         return LimitResult(bool(admitted), limits[idx - 1][1], max(0, remaining),
                            math.ceil(reset_ms / 1000), math.ceil(retry_ms / 1000), idx - 1,
                            parts, bool(short), allowance)
+
+    def _send_quota_batch(self) -> None:
+        batch, self._quota_batch = self._quota_batch, []
+        task = asyncio.get_running_loop().create_task(self._run_quota_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_quota_batch(self, batch: list[tuple[list[str], list[int],
+                                                       asyncio.Future[list[int] | None]]]
+                               ) -> None:
+        calls = [(keys, args) for keys, args, _ in batch]
+        replies = await self._redis.call(self._redis.scripts(_QUOTA, _QUOTA_SHA, calls))
+        for i, (_, _, future) in enumerate(batch):
+            if not future.done():
+                future.set_result(replies[i] if replies is not None else None)
 
     async def add_credits(self, key: str, period: int, amount: int) -> None:
         """Put a lease into the shared counter; while Redis is down, into this replica's. When
