@@ -16,8 +16,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
+    Tag,
 )
 
 from gateway.credits import MAX_CREDITS, MAX_NAMED
@@ -106,6 +108,18 @@ NamedLimits = Annotated[list[NamedLimitIn], Field(
     description="Named limits (SPEC §13): a request must pass all of them; names unique.")]
 
 
+def _rate_form(value: object) -> str:
+    return "list" if isinstance(value, list) else "text" if isinstance(value, str) else "object"
+
+
+# One of the three forms, chosen by the JSON type, so an error names the form that was meant
+# (``rate_limit.list.1.limit: ...``), not the first of three failed guesses.
+RateLimitBody = Annotated[
+    Annotated[RateText, Tag("text")] | Annotated[RateLimitIn, Tag("object")]
+    | Annotated[NamedLimits, Tag("list")],
+    Discriminator(_rate_form)]
+
+
 class RefillIn(_Body):
     amount: Int = Field(ge=1, le=MAX_CREDITS)
     interval: Literal["day", "month"]
@@ -124,7 +138,7 @@ class TokenCreate(_Body):
     expires_in: Annotated[Int, Field(ge=1, le=MAX_LIFETIME_S)] | DurationText | None = Field(
         None, description="Seconds, or a duration like 30d, 12h, 90m, 45s.")
     expires_at: UtcDatetime | None = None
-    rate_limit: RateText | RateLimitIn | NamedLimits | None = None
+    rate_limit: RateLimitBody | None = None
     metadata: Metadata | None = None
     credits: CreditsIn | None = None
 
@@ -139,7 +153,7 @@ class TokenUpdate(_Body):
     expires_at; name, scopes and metadata cannot be null."""
     name: Text = Field(default=_ABSENT)
     scopes: list[Scope] = Field(default=_ABSENT, max_length=64)
-    rate_limit: RateText | RateLimitIn | NamedLimits | None = None
+    rate_limit: RateLimitBody | None = None
     metadata: Metadata = Field(default=_ABSENT)
     expires_at: UtcDatetime | None = None
     credits: CreditsIn | None = Field(default=None, description=(
