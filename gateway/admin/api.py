@@ -219,9 +219,10 @@ async def rotate_token(token_id: str, who: CallerDep, auth: AuthDep,
 async def token_usage(token_id: str, who: CallerDep, auth: AuthDep,
                       days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
     """Requests per UTC day for the last `days` days and the most recent client addresses."""
-    await _own(auth, who, token_id)
+    record = await _own(auth, who, token_id)
     per_day, ips = await auth.usage(token_id, days)
     return {"token_id": token_id,
+            "credits": record.credits.as_dict() if record.credits is not None else None,
             "days": [{"day": d, "requests": n} for d, n in per_day],
             "last_ips": [{"ip": ip, "last_seen_at": rfc3339(at), "requests": n}
                          for ip, at, n in ips]}

@@ -295,6 +295,8 @@ class UsageOut(BaseModel):
     token_id: str
     days: list[DayCount] = Field(description="Requests per UTC day, oldest first.")
     last_ips: list[IpSeen] = Field(description="Addresses seen most recently first.")
+    credits: CreditsOut | None = Field(default=None, description=(
+        "The usage credits (SPEC §13): the balance not yet handed to the gateway's counters."))
 
 
 class Introspection(BaseModel):

@@ -90,6 +90,9 @@ async def test_credits_run_out_with_credits_exhausted_and_a_retry_after_the_refi
     # the store shows what is left to lease out: nothing
     shown = (await http.get(f"{gw.admin}/v1/tokens/{created['id']}", headers=ADMIN)).json()
     assert shown["credits"]["remaining"] == 0
+    usage = (await http.get(f"{gw.admin}/v1/tokens/{created['id']}/usage",
+                            headers=ADMIN)).json()
+    assert usage["credits"] == {"remaining": 0, "refill": {"amount": 50, "interval": "day"}}
     # forward auth refuses alike
     d = await http.get(f"{gw.admin}/v1/authorize", headers=bearer(created["token"]))
     assert d.status_code == 429 and d.json()["error"] == "credits_exhausted"
