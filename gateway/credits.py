@@ -257,6 +257,9 @@ class CreditKeeper:
                 self._exhausted[key] = period
             future.set_result(got > 0)
             return got > 0
+        except asyncio.CancelledError:  # this request went away: the waiters try themselves
+            future.set_result(True)
+            raise
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: waiters re-raise it, no "never retrieved" warning

@@ -311,7 +311,6 @@ class Pipeline:
                           limit=result, retry_after=result.retry_after_s)
         return result
 
-
     async def _quota(self, record: TokenRecord, route: MatchedRoute,
                      ip: str | None) -> LimitResult | None:
         """Named limits and credits (SPEC §13): every limit, then one credit, in one atomic

@@ -208,3 +208,28 @@ async def test_store_unreachable_during_a_lease_is_an_error_not_a_grant(store, a
     with pytest.raises(StoreUnavailable):
         await charge(limiter, CreditKeeper(store, limiter), record.id, [], record.credits,
                      clock())
+
+
+async def test_a_lease_abandoned_by_a_cancelled_request_leaves_the_waiters_working(store,
+                                                                                   authority,
+                                                                                   clock):
+    record = await _token(authority, {"remaining": 4, "refill": None})
+    limiter = MemoryLimiter()
+    keeper = CreditKeeper(store, limiter)
+    gate = asyncio.Event()
+    take = store.take_credits
+
+    async def slow_take(*args):
+        await gate.wait()
+        return await take(*args)
+
+    store.take_credits = slow_take
+    first = asyncio.create_task(charge(limiter, keeper, record.id, [], record.credits, clock()))
+    await asyncio.sleep(0.05)
+    waiter = asyncio.create_task(charge(limiter, keeper, record.id, [], record.credits, clock()))
+    await asyncio.sleep(0.05)
+    first.cancel()  # the client left while its request held the lease call
+    gate.set()
+    assert (await waiter).admitted
+    with pytest.raises(asyncio.CancelledError):
+        await first
