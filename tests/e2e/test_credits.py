@@ -118,6 +118,21 @@ async def test_credits_are_exact_across_two_replicas(start_gateway, http):
     assert all(r.json()["error"] == "credits_exhausted" for r in results if r.status_code == 429)
 
 
+async def test_a_restart_keeps_the_balance_and_never_grants_more(start_gateway, http):
+    first = await start_gateway(admin_token=BOOT)
+    created = await _create(http, first, credits={"remaining": 30, "refill": None})
+    h = bearer(created["token"])
+    before = [(await http.get(f"{first.proxy}/echo", headers=h)).status_code for _ in range(7)]
+    assert before == [200] * 7
+    await first.stop()  # a restart; with Redis its counter survives, in memory it is gone
+    second = await start_gateway(admin_token=BOOT)
+    after = [(await http.get(f"{second.proxy}/echo", headers=h)).status_code
+             for _ in range(30)]
+    lease = 3  # a tenth of the balance: what a lost counter may cost, at most
+    assert 23 - lease <= after.count(200) <= 23
+    assert after[after.count(200):] == [429] * (30 - after.count(200))
+
+
 async def test_a_new_balance_by_patch_takes_effect(gw, http):
     created = await _create(http, gw, credits={"remaining": 1})
     h = bearer(created["token"])
