@@ -32,10 +32,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gateway.config import RateLimit
+from gateway.credits import Credits, NamedLimit
 from gateway.store import Revoked, TokenRecord
 
 if TYPE_CHECKING:
@@ -129,6 +131,8 @@ def record_to_json(r: TokenRecord) -> str:
         data[f] = data[f].isoformat() if data[f] else None
     data["rate_limit"] = r.rate_limit.as_dict() if r.rate_limit else None
     data["metadata"] = dict(r.metadata)
+    data["named_limits"] = [n.as_dict() for n in r.named_limits]
+    data["credits"] = None if r.credits is None else asdict(r.credits)
     return json.dumps(data)
 
 
@@ -138,6 +142,10 @@ def record_from_json(text: str | bytes) -> TokenRecord:
         data[f] = datetime.fromisoformat(data[f]) if data[f] else None
     data["scopes"] = tuple(data["scopes"])
     data["rate_limit"] = RateLimit(**data["rate_limit"]) if data["rate_limit"] else None
+    data["named_limits"] = tuple(
+        NamedLimit(n["name"], RateLimit(n["limit"], n["window_s"]))
+        for n in data.get("named_limits") or ())
+    data["credits"] = Credits(**data["credits"]) if data.get("credits") else None
     return TokenRecord(**data)
 
 

@@ -36,7 +36,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
@@ -45,6 +45,7 @@ from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import RateLimit, Settings
+from gateway.credits import CreditKeeper, charge, retry_after_s
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, RateLimiter
@@ -116,6 +117,7 @@ class Pipeline:
         self._addresses = trusted if trusted else None
         # client address -> monotonic time its failed-auth block ends (see the module docstring)
         self._blocked: OrderedDict[str | None, float] = OrderedDict()
+        self.credits = CreditKeeper(store, limiter)  # usage credits' leases (SPEC §13)
 
     # --- shared entry points for every caller (proxy, forward auth, admin API) ---------------
 
@@ -292,6 +294,8 @@ class Pipeline:
 
     async def _limit(self, record: TokenRecord, route: MatchedRoute,
                      ip: str | None) -> LimitResult | None:
+        if record.named_limits or record.credits is not None:  # SPEC §13, else as before
+            return await self._quota(record, route, ip)
         limits: list[tuple[str, RateLimit]] = []
         own = record.rate_limit or self.settings.default_rate_limit
         if own is not None:
@@ -309,6 +313,50 @@ class Pipeline:
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
                           limit=result, retry_after=result.retry_after_s)
         return result
+
+    async def _quota(self, record: TokenRecord, route: MatchedRoute,
+                     ip: str | None) -> LimitResult | None:
+        """Named limits and credits (SPEC §13): every limit, then one credit, in one atomic
+        limiter call; an empty credit counter is refilled from the store (one lease) and the
+        call repeated."""
+        tag = f"{{{record.id}}}"  # a Redis Cluster hash tag: one slot for all of them
+        names: list[str] = []
+        limits: list[tuple[str, RateLimit]] = []
+        for named in record.named_limits:
+            names.append(named.name)
+            limits.append((f"t:{tag}:{named.name}", named.limit))
+        if not limits:
+            own = record.rate_limit or self.settings.default_rate_limit
+            if own is not None:
+                names.append("default")
+                limits.append((f"t:{tag}", own))
+        if route.rate_limit is not None:
+            names.append("route")
+            limits.append((f"r:{route.index}:{tag}", route.rate_limit))
+        credits = record.credits
+        now = self.clock()
+        try:
+            result = await charge(self.limiter, self.credits, record.id, limits, credits, now)
+        except StoreUnavailable:
+            raise Refusal(503, "unavailable", "the token store is unreachable; retry "
+                          "shortly", retry_after=5) from None
+        if record.named_limits and limits:
+            result = replace(result, named=tuple(
+                (name, limit, *part) for name, (_, limit), part in
+                zip(names, limits, result.parts, strict=True)))
+        shown = result if limits else None
+        if result.short:
+            self.usage.event("rate_limited", "credits", ip, record.id, record.subject)
+            raise Refusal(429, "credits_exhausted", "the token's credits are used up",
+                          limit=shown, retry_after=retry_after_s(credits, now)
+                          if credits is not None else None)
+        if not result.admitted:
+            which = "route" if route.rate_limit is not None and \
+                result.index == len(limits) - 1 else "token"
+            self.usage.event("rate_limited", which, ip, record.id, record.subject)
+            raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
+                          limit=shown, retry_after=result.retry_after_s)
+        return shown
 
 
 _UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired",
