@@ -49,3 +49,6 @@ class Metrics:
         self.tokens = Gauge("authgate_tokens", "Tokens by status.", ["status"], registry=r)
         self.redis_errors = Counter("authgate_redis_errors_total",
                                     "Redis calls that failed (served without Redis).", registry=r)
+        self.access_log_dropped = Counter(
+            "authgate_access_log_dropped_total",
+            "Access-log lines dropped because stdout did not keep up (or is gone).", registry=r)
