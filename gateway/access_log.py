@@ -77,11 +77,12 @@ class Entry:
     bytes each way, the status and the moment the response head is sent."""
 
     __slots__ = ("_receive", "_send", "bytes_in", "bytes_out", "decision", "forwarded",
-                 "head_at", "request_id", "route", "scope", "started", "status", "wall")
+                 "head_at", "log", "request_id", "route", "scope", "started", "status", "wall")
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, started: float,
-                 request_id: bytes) -> None:
-        self.scope = scope
+    def __init__(self, log: AccessLog, scope: Scope, receive: Receive, send: Send,
+                 started: float, request_id: bytes) -> None:
+        self.log = log  # the log on when the request came: it is logged even if a reload
+        self.scope = scope  # turns the log off before it ends
         self._receive = receive
         self._send = send
         self.started = started  # perf_counter at arrival
@@ -158,8 +159,10 @@ class AccessLog:
                 method: str | None, path: str | None, status: int, outcome: str,
                 route: str | None, decision: Decision | None) -> None:
         """Queue the line of a forward-auth decision: the method and path judged (null when
-        the request was refused before they could be read), no upstream, no body bytes."""
-        self._queue(wall, request_id, client_ip, method, path, status, outcome, route,
+        the request was refused before they could be read), no upstream, no body bytes. The
+        path, read from headers as latin-1, is logged as its bytes are (as the proxy's)."""
+        raw = path.encode("latin-1", "backslashreplace") if path is not None else None
+        self._queue(wall, request_id, client_ip, method, raw, status, outcome, route,
                     decision, None, time.perf_counter() - started, 0, 0)
 
     def _queue(self, wall: float, request_id: bytes, client_ip: str | None,

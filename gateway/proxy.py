@@ -415,7 +415,7 @@ class ProxyApp:
         client = scope.get("client")
         entry = None
         if self._pipeline.access_log is not None:  # off: one attribute test
-            entry = Entry(scope, receive, send, started, request_id)  # counts bytes, status
+            entry = Entry(self._pipeline.access_log, scope, receive, send, started, request_id)
             receive, send = entry.receive, entry.send
         try:
             raw_path = scope.get("raw_path")
@@ -455,12 +455,9 @@ class ProxyApp:
 
     def _log(self, entry: Entry, outcome: Outcome, ip: str | None) -> None:
         """The request's end, with the access log on: one line queued (gateway.access_log)."""
-        log = self._pipeline.access_log
-        if log is None:  # a reload turned it off meanwhile
-            return
         if entry.decision is None:  # refused: which route it was judged under
             raw_path = entry.scope.get("raw_path")
             entry.route = route_of(self._pipeline.router, entry.scope["method"],
                                    raw_path.decode("latin-1") if raw_path
                                    else entry.scope["path"])
-        log.record(entry, outcome, ip)
+        entry.log.record(entry, outcome, ip)

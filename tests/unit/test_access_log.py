@@ -66,7 +66,7 @@ async def test_entry_counts_body_bytes_status_and_head_time() -> None:
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    entry = Entry({"type": "http"}, receive, send, time.perf_counter(), b"r")
+    entry = Entry(AccessLog(), {"type": "http"}, receive, send, time.perf_counter(), b"r")
     await entry.receive()
     await entry.receive()
     await entry.send({"type": "http.response.start", "status": 418, "headers": []})

@@ -130,7 +130,7 @@ def test_serve_hands_a_reload_that_reads_the_same_file_and_flags(
     path = tmp_path / "c.yaml"
     path.write_text("routes: [{path: /a}]\n")
     assert _invoke("serve", "--config", str(path), "--listen", "127.0.0.1:4444").exit_code == 0
-    settings, load = served[-1]
+    _, load = served[-1]
     path.write_text("routes: [{path: /b}]\nlisten: 127.0.0.1:5555\n")
     again = load()
     assert [r.path for r in again.routes] == ["/b"] and again.listen == "127.0.0.1:4444"
