@@ -16,7 +16,7 @@ last byte sent), ``bytes_in`` / ``bytes_out`` (request and response body bytes).
 so never a credential; never the query string.
 
 Why a thread: a write to a stdout pipe blocks when the reader is slow. The event loop only
-appends a tuple of raw values; the thread formats them (``json.dumps``, ASCII only: control
+appends a tuple of raw values; the thread formats them (JSON, ASCII only: control
 characters, non-UTF-8 bytes and anything else a client sends come out escaped) and writes them in
 batches every ``FLUSH_S``. The buffer is bounded (``MAX_PENDING`` lines): past it a line is
 dropped and counted (``authgate_access_log_dropped_total``), so a stuck stdout costs lines, never
@@ -233,27 +233,54 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def _num(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # built once
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C, when available
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
+def _ts(wall: float) -> str:
+    second = int(wall)
+    if second != _second[0]:  # one strftime a second, not one a line
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
+
+
+def _q(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
 def format_line(values: tuple[Any, ...]) -> bytes:
-    """One JSON line (ASCII only) from a recorded tuple, at most ``PIPE_BUF`` bytes."""
+    """One JSON line (ASCII only) from a recorded tuple, at most ``PIPE_BUF`` bytes. Written
+    out field by field (the C string escaper of ``json``; numbers are ours): about half the
+    cost of ``json.dumps`` on a dict, which only the rare line cut down to size goes through."""
     (wall, request_id, client_ip, method, path, status, outcome, route, subject, token_id,
      upstream, total, bytes_in, bytes_out) = values
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
-    doc: dict[str, Any] = {
-        "ts": ts, "request_id": _text(request_id), "client_ip": client_ip,
-        "method": _text(method), "path": _text(path), "status": status, "outcome": outcome,
-        "route": _text(route), "subject": subject, "token_id": token_id,
-        "upstream_ms": _ms(upstream), "total_ms": _ms(total), "bytes_in": bytes_in,
-        "bytes_out": bytes_out}
-    line = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+    ts = _ts(wall)
+    rid, method_s, path_s = _text(request_id), _text(method), _text(path)
+    line = (f'{{"ts":"{ts}","request_id":{_q(rid)},"client_ip":{_q(client_ip)},'
+            f'"method":{_q(method_s)},"path":{_q(path_s)},"status":{int(status)},'
+            f'"outcome":{_q(outcome)},"route":{_q(route)},"subject":{_q(subject)},'
+            f'"token_id":{_q(token_id)},"upstream_ms":{_num(_ms(upstream))},'
+            f'"total_ms":{_num(_ms(total))},"bytes_in":{int(bytes_in)},'
+            f'"bytes_out":{int(bytes_out)}}}\n').encode()
     if len(line) <= PIPE_BUF:
         return line
+    doc: dict[str, Any] = {
+        "ts": ts, "request_id": rid, "client_ip": client_ip, "method": method_s,
+        "path": path_s, "status": status, "outcome": outcome, "route": route,
+        "subject": subject, "token_id": token_id, "upstream_ms": _ms(upstream),
+        "total_ms": _ms(total), "bytes_in": bytes_in, "bytes_out": bytes_out}
     doc["truncated"] = True
     for short in SHORTER:  # rare: a huge path or id; cut each long string down
         for key in _STRINGS:
             value = doc[key]
             if isinstance(value, str) and len(value) > short:
                 doc[key] = value[:short]
-        line = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        line = _ENCODE(doc).encode() + b"\n"
         if len(line) <= PIPE_BUF:
             break
     return line  # 7 strings of 40 characters, each escaped to at most 6 bytes, always fit

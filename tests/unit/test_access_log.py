@@ -160,3 +160,18 @@ def test_a_gone_stdout_is_counted_not_raised(pipe: tuple[int, int]) -> None:
     _queue(log, 5)
     log._flush()
     assert log.dropped == 15
+
+
+@pytest.mark.parametrize("text", ["plain", 'q"uo\\te', "\x00\x1f\x7f",
+                                  "caf\u00e9 \u2603 \U0001f600", "\udcff lone", "</script>",
+                                  "a" * 300])
+def test_every_string_field_round_trips_exactly(text: str) -> None:
+    line = format_line(_values(text.encode("utf-8", "surrogatepass") if "\udcff" not in text
+                               else text, request_id=text, client_ip=text, method=text,
+                               route=text, subject=text, token_id=text, outcome=text))
+    doc = json.loads(line)
+    assert line.isascii()
+    for key in ("request_id", "client_ip", "method", "path", "route", "subject", "token_id",
+                "outcome"):
+        assert doc[key] == text, key
+    assert (doc["status"], doc["bytes_in"], doc["bytes_out"]) == (200, 3, 5)
