@@ -14,6 +14,7 @@ from datetime import datetime
 
 from fastapi import FastAPI
 
+from gateway import reload
 from gateway.access_log import AccessLog
 from gateway.admin import build_admin_app
 from gateway.authority import TokenAuthority, utcnow
@@ -60,8 +61,9 @@ class Gateway:
         """SIGHUP: the forwarder gains pools for any upstream the new routes name (before a
         request can be routed there), then the services take what may change
         (``Services.reload``). Returns the settings in effect."""
-        await self.forwarder.add_upstreams(Router(settings).upstreams)
-        return self.services.reload(settings)
+        merged = reload.merged(self.services.settings, settings)
+        await self.forwarder.add_upstreams(Router(merged).upstreams)
+        return self.services.reload(merged)
 
     async def stop(self) -> None:
         """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
+log = logging.getLogger("authgate")
 
 
 class Services:
@@ -182,7 +184,11 @@ class Services:
         self.pipeline.reconfigure(merged, router)
         self.apply_access_log()
         for hook in self.on_reload:
-            hook(merged)
+            try:
+                hook(merged)
+            except Exception as e:  # one failing hook must not keep the others from the news
+                log.error("reload: a hook failed (%s: %s)", getattr(hook, "__qualname__", hook),
+                          type(e).__name__)
         return merged
 
     def apply_access_log(self) -> None:

@@ -149,3 +149,19 @@ def test_a_bad_key_stops_the_start_naming_it(served: list[tuple[Settings, Any]],
     result = _invoke("serve", env={f"AUTHGATE_{key.upper()}": value})
     assert result.exit_code == 1 and result.output.startswith(f"Error: config: {key}:")
     assert served == []
+
+
+async def test_a_failing_hook_does_not_keep_the_others_from_the_news(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with Services.opened(_settings(store=f"sqlite:///{tmp_path}/s.db")) as services:
+        seen: list[Settings] = []
+
+        def broken(settings: Settings) -> None:
+            raise RuntimeError("secret-ish detail")
+
+        services.on_reload.extend([broken, seen.append])
+        with caplog.at_level(logging.ERROR, logger="authgate"):
+            out = services.reload(_settings(routes=[{"path": "/z"}]))
+        assert seen == [out] and [r.path for r in services.settings.routes] == ["/z"]
+        text = caplog.text
+        assert "broken" in text and "RuntimeError" in text and "secret-ish" not in text
