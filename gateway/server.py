@@ -229,18 +229,12 @@ async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] 
 def run(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
         reload: Callable[[], Settings] | None = None) -> None:
     """``authgate serve``: one process, or ``settings.workers`` of them (gateway.workers)."""
+    import uvloop
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if settings.workers > 1:
         from gateway.workers import supervise
 
         raise SystemExit(supervise(settings, reload))
-    run_worker(settings, ready, reload=reload)
-
-
-def run_worker(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
-               sockets: tuple[socket.socket, socket.socket] | None = None,
-               reload: Callable[[], Settings] | None = None, announce: bool = True) -> None:
-    import uvloop
-
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, ready, sockets=sockets, reload=reload, announce=announce))
+        runner.run(serve(settings, ready, reload=reload))

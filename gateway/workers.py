@@ -36,6 +36,7 @@ leader, as N replicas are.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -43,13 +44,15 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+import uvloop
 
 from gateway import reload as reloading
 from gateway.app import Gateway
 from gateway.config import Settings, split_hostport
-from gateway.server import GRACEFUL_S, run_worker
+from gateway.server import GRACEFUL_S, serve
 
 log = logging.getLogger("authgate")
 
@@ -57,6 +60,7 @@ BACKLOG = 2048
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 STOP_TIMEOUT_S = GRACEFUL_S + 20.0  # in-flight requests, then the usage flush and closing
+ORPHAN_CHECK_S = 1.0  # how often a worker checks that its parent still runs
 MEMORY_WARNING = ("workers: cache is memory://, so rate limits and token caches are per process "
                   "(each of the {n} workers admits its own share; use redis:// to share them)")
 
@@ -139,8 +143,8 @@ class Supervisor:
                 os.write(ready_w, b"1")
                 os.close(ready_w)
 
-            run_worker(self.settings, ready, sockets=self.sockets, reload=self.load,
-                       announce=False)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(self._worker(ready))
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -149,6 +153,29 @@ class Supervisor:
         finally:
             logging.shutdown()
             os._exit(code)
+
+    async def _worker(self, ready: Callable[[Gateway], Awaitable[None]]) -> None:
+        """A worker's gateway; it stops by itself (gracefully) if the parent is gone (killed
+        with SIGKILL: nobody would forward signals or restart it any more)."""
+        parent = os.getppid()
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        timer: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            if os.getppid() == parent:
+                timer[:] = [loop.call_later(ORPHAN_CHECK_S, check)]
+                return
+            log.error("worker %d: the serve process is gone, stopping", os.getpid())
+            shutdown.set()
+
+        check()
+        try:
+            await serve(self.settings, ready, shutdown=shutdown, sockets=self.sockets,
+                        reload=self.load, announce=False)
+        finally:
+            for handle in timer:
+                handle.cancel()
 
     def signal_all(self, sig: int) -> None:
         for pid in self.workers:

@@ -398,6 +398,33 @@ async def test_a_worker_that_dies_is_restarted_and_serving_goes_on(
     assert await gw.exit_status() == 0
 
 
+async def test_workers_stop_gracefully_when_the_parent_is_killed(
+        serve: Callable[..., Serve], upstream_url: str, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/gw.db"
+    gw = serve({"store": store, "upstream": upstream_url, "access_log": False},
+               "--workers", "2")
+    await gw.ready(workers=2)
+    workers = gw.children()
+    async with httpx.AsyncClient(timeout=30) as client:
+        token = await _token(client, gw)
+        for _ in range(10):
+            r = await client.get(f"{gw.proxy}/echo",
+                                 headers={"Authorization": f"Bearer {token['token']}"})
+            assert r.status_code == 200
+    gw.signal(signal.SIGKILL)  # nobody forwards signals any more: the workers notice
+    assert await gw.exit_status() == -signal.SIGKILL
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    await gw.wait_for(lambda: not any(running(pid) for pid in workers),
+                      "the orphaned workers kept running")
+    assert await _usage_count(store, token["id"]) == 10  # and flushed what they counted
+
+
 async def test_workers_that_cannot_start_make_serve_exit_1(
         serve: Callable[..., Serve], upstream_url: str, tmp_path: Path) -> None:
     taken = socket.socket()
