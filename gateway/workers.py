@@ -24,6 +24,8 @@ The parent runs no event loop and serves nothing: it forwards signals and watche
 - SIGHUP: the parent reads the config (an invalid file: one log line, nothing signalled, the
   running config stays) and, when valid, sends SIGHUP to every worker, which reloads
   (gateway.reload). A worker restarted later starts on the reloaded config.
+- The parent killed (SIGKILL): each worker notices within ``ORPHAN_CHECK_S`` and stops as on
+  SIGTERM.
 - A worker that dies while serving is restarted (one log line with its exit status). More than
   ``MAX_RESTARTS`` restarts within ``RESTART_WINDOW_S`` (a crash loop), or a worker that dies
   before it ever served (a start-up failure: the store unreachable, ...), stops every worker and
