@@ -4,6 +4,7 @@ are tested end to end in tests/e2e/test_serve_process.py. Also the ``workers`` a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -165,3 +166,46 @@ async def test_a_failing_hook_does_not_keep_the_others_from_the_news(
         assert seen == [out] and [r.path for r in services.settings.routes] == ["/z"]
         text = caplog.text
         assert "broken" in text and "RuntimeError" in text and "secret-ish" not in text
+
+
+class _SlowGateway:
+    """What ``Reloads`` needs of a Gateway: settings and an async reload (held by a gate)."""
+
+    def __init__(self) -> None:
+        self.settings = _settings()
+        self.gate = asyncio.Event()
+        self.applied: list[Settings] = []
+
+    async def reload(self, settings: Settings) -> Settings:
+        await self.gate.wait()
+        self.applied.append(settings)
+        return settings
+
+
+async def test_a_sighup_during_a_reload_is_not_lost_and_bad_files_change_nothing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("routes: [{path: /one}]\n")
+    gw = _SlowGateway()
+    reloads = reload.Reloads(gw, lambda: load_settings(str(path), env={}))  # type: ignore[arg-type]
+    reloads.request()
+    while reloads._task is not None and not gw.applied and reloads._wanted:
+        await asyncio.sleep(0.01)  # the first reload is under way (reading, then held)
+    path.write_text("routes: [{path: /two}]\n")
+    reloads.request()  # arrives during the first: one more reload follows it
+    gw.gate.set()
+    for _ in range(500):
+        if reloads.done == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [[r.path for r in s.routes] for s in gw.applied][-1] == ["/two"]
+    assert reloads.done == 2
+    path.write_text("routes: [{path: broken}]\n")
+    with caplog.at_level(logging.ERROR, logger="authgate"):
+        reloads.request()
+        for _ in range(200):
+            if "reload refused" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    assert reloads.done == 2 and len(gw.applied) == 2
+    await reloads.close()
