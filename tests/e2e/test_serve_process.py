@@ -107,7 +107,8 @@ class Serve:
                 assert self.proc.poll() is None, self.stderr()
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{self.admin}/healthz")).status_code == 200 and (
-                            workers == 1 or f"{workers} workers" in self.stderr()):
+                            workers == 1 or f"{self.admin_port}, {workers} workers" in
+                            self.stderr()):  # the parent's line once every worker serves
                         return
                 await asyncio.sleep(0.2)
         raise AssertionError(f"serve did not start: {self.stderr()}")
