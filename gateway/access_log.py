@@ -55,6 +55,7 @@ FLUSH_S = 0.05  # how often the writer thread drains the buffer
 MAX_PENDING = 20_000  # lines waiting to be written; past it lines are dropped and counted
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic (Linux: 4096)
 SHORTER = (200, 40)  # a string field's length in a line cut down to fit PIPE_BUF (2nd try)
+CLIENT_GONE = 499  # the status logged when the client left before a response began (nginx)
 FIELDS = ("ts", "request_id", "client_ip", "method", "path", "status", "outcome", "route",
           "subject", "token_id", "upstream_ms", "total_ms", "bytes_in", "bytes_out")
 _STRINGS = ("request_id", "client_ip", "method", "path", "route", "subject", "token_id")
@@ -151,7 +152,8 @@ class AccessLog:
         now = time.perf_counter()
         upstream = (entry.head_at or now) - entry.forwarded if entry.forwarded else None
         self._queue(entry.wall, entry.request_id, client_ip, scope["method"],
-                    scope.get("raw_path") or scope["path"], entry.status, outcome,
+                    scope.get("raw_path") or scope["path"],
+                    entry.status or CLIENT_GONE, outcome,
                     entry.route, entry.decision, upstream, now - entry.started, entry.bytes_in,
                     entry.bytes_out)
 

@@ -175,3 +175,18 @@ def test_every_string_field_round_trips_exactly(text: str) -> None:
                 "outcome"):
         assert doc[key] == text, key
     assert (doc["status"], doc["bytes_in"], doc["bytes_out"]) == (200, 3, 5)
+
+
+def test_a_client_that_left_before_the_response_is_logged_499() -> None:
+    log = AccessLog()
+
+    async def nothing() -> dict[str, object]:
+        return {}
+
+    async def ignore(message: dict[str, object]) -> None:
+        return None
+
+    scope = {"type": "http", "method": "GET", "path": "/a", "raw_path": b"/a"}
+    log.record(Entry(log, scope, nothing, ignore, time.perf_counter(), b"r"), "ok", "1.2.3.4")
+    doc = json.loads(format_line(log._pending.popleft()))
+    assert (doc["status"], doc["outcome"], doc["bytes_out"]) == (499, "ok", 0)
