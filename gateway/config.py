@@ -112,6 +112,7 @@ _HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # The forwarding clients (gateway.proxy.FORWARDERS builds them).
 FORWARDERS = ("aiohttp", "httpx")
+MAX_WORKERS = 64  # serve --workers: more is a typo, not a machine
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 
 
@@ -364,6 +365,8 @@ class Settings(_Strict):
     # Tokens created for one subject by any caller, counted in the store (SPEC §3); None = off.
     creation_limit: OptionalRateLimit = None
     alerts: Alerts | None = None  # monitoring and notifications (SPEC §12); off when null
+    access_log: bool = True  # one JSON line per proxied request on stdout (§6)
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)  # serve --workers N: processes (§3)
 
     @field_validator("listen", "admin_listen")
     @classmethod

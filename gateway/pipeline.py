@@ -55,6 +55,7 @@ from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from gateway.access_log import AccessLog
     from gateway.imports.legacy import LegacyVerifier
 
 log = logging.getLogger("authgate.pipeline")
@@ -118,6 +119,19 @@ class Pipeline:
         # client address -> monotonic time its failed-auth block ends (see the module docstring)
         self._blocked: OrderedDict[str | None, float] = OrderedDict()
         self.credits = CreditKeeper(store, limiter)  # usage credits' leases (SPEC §13)
+
+    # The access log (gateway.access_log.AccessLog) when on; set by the services (serve only).
+    access_log: AccessLog | None = None
+
+    def reconfigure(self, settings: Settings, router: Router) -> None:
+        """A reload (``Services.reload``): the new settings' routes, limits and trusted proxies
+        from the next request on. Blocked addresses are forgotten when ``failed_auth_limit``
+        changed (each is re-learned on its next refused charge under the new limit)."""
+        if settings.failed_auth_limit != self.settings.failed_auth_limit:
+            self._blocked.clear()
+        trusted = ClientAddresses(settings.trusted_proxies)
+        self.settings, self.router = settings, router
+        self._addresses = trusted if trusted else None
 
     # --- shared entry points for every caller (proxy, forward auth, admin API) ---------------
 

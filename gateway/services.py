@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from gateway import reload
 from gateway.authority import TokenAuthority, utcnow
 from gateway.cache import LocalCache, SharedCache, TokenCache, make_shared
 from gateway.config import Settings
@@ -43,12 +45,14 @@ from gateway.store import STATUSES, SqlStore, open_store
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from gateway.access_log import AccessLog
     from gateway.assertion import Assertions
     from gateway.imports.legacy import LegacyVerifier
     from gateway.monitor import Watcher
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
+log = logging.getLogger("authgate")
 
 
 class Services:
@@ -99,6 +103,10 @@ class Services:
             self.authority.on_replay = self.monitor.replayed  # raised where it happens
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
+        # Called with the new settings after each reload (SIGHUP), e.g. the alerts watcher's.
+        self.on_reload: list[Callable[[Settings], object]] = []
+        # The access log's writer: made by ``serve`` (gateway.app), not by the CLI or middleware.
+        self.access_log: AccessLog | None = None
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None,
@@ -174,6 +182,39 @@ class Services:
             for client in self._redis.values():
                 await client.close()
             await self.store.close()
+
+    def reload(self, settings: Settings) -> Settings:
+        """Take what a reload may change (``gateway.reload.RELOADABLE``: routes, roles,
+        limits, trusted proxies, alerts, the access log) from ``settings``; keep the rest.
+        Swaps the router, the pipeline's settings-derived fields and the access log, then calls
+        each ``on_reload`` hook with the settings in effect, which it returns. A request in
+        flight finishes on what it started with."""
+        merged = reload.merged(self.settings, settings)
+        router = Router(merged)
+        self.settings = merged
+        self.router = router
+        self.authority.settings = merged  # roles
+        self.pipeline.reconfigure(merged, router)
+        self.apply_access_log()
+        for hook in self.on_reload:
+            try:
+                hook(merged)
+            except Exception as e:  # one failing hook must not keep the others from the news
+                log.error("reload: a hook failed (%s: %s)", getattr(hook, "__qualname__", hook),
+                          type(e).__name__)
+        return merged
+
+    def apply_access_log(self) -> None:
+        """Point the pipeline at the access log when ``access_log`` is on (and ``serve`` made
+        one)."""
+        log = self.access_log
+        if log is None:
+            return
+        if self.settings.access_log:
+            log.start()
+            self.pipeline.access_log = log
+        else:
+            self.pipeline.access_log = None
 
     async def _refresh_token_gauge(self) -> None:
         while True:
