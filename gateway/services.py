@@ -97,14 +97,12 @@ class Services:
                 time.time if clock is utcnow else lambda: clock().timestamp()))
         self.monitor: Watcher | None = None
         if settings.alerts is not None:
-            from gateway.monitor import Watcher  # off the request path; nothing when null
-
-            self.monitor = Watcher(settings.alerts, store, self.authority, self.metrics, clock)
-            self.authority.on_replay = self.monitor.replayed  # raised where it happens
+            self._make_monitor(settings)
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # watchers turned off by a reload
         # Called with the new settings after each reload (SIGHUP), e.g. the alerts watcher's.
-        self.on_reload: list[Callable[[Settings], object]] = []
+        self.on_reload: list[Callable[[Settings], object]] = [self._reload_monitor]
         # The access log's writer: made by ``serve`` (gateway.app), not by the CLI or middleware.
         self.access_log: AccessLog | None = None
 
@@ -169,6 +167,8 @@ class Services:
             await asyncio.gather(self._gauge_task, return_exceptions=True)
         if self.monitor is not None:
             await self.monitor.stop()  # hands the watcher's lease over at once
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         try:
             await self.usage.stop()
         finally:
@@ -182,6 +182,34 @@ class Services:
             for client in self._redis.values():
                 await client.close()
             await self.store.close()
+
+    def _make_monitor(self, settings: Settings) -> Watcher:
+        from gateway.monitor import Watcher  # off the request path; nothing when null
+
+        assert settings.alerts is not None
+        monitor = self.monitor = Watcher(settings.alerts, self.store, self.authority,
+                                         self.metrics, self.clock)
+        self.authority.on_replay = monitor.replayed  # raised where it happens
+        return monitor
+
+    def _reload_monitor(self, settings: Settings) -> None:
+        """``alerts`` on reload: a changed config goes to the running watcher; turned on, a
+        watcher starts (in a serving process); turned off, the running one stops (handing its
+        lease over) in the background."""
+        if settings.alerts is not None:
+            if self.monitor is not None:
+                self.monitor.reconfigure(settings.alerts)
+                return
+            monitor = self._make_monitor(settings)
+            if self._started:
+                monitor.start()
+        elif self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            self.authority.on_replay = None
+            if self._started:
+                task = asyncio.get_running_loop().create_task(monitor.stop())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
 
     def reload(self, settings: Settings) -> Settings:
         """Take what a reload may change (``gateway.reload.RELOADABLE``: routes, roles,

@@ -209,3 +209,24 @@ async def test_a_sighup_during_a_reload_is_not_lost_and_bad_files_change_nothing
             await asyncio.sleep(0.01)
     assert reloads.done == 2 and len(gw.applied) == 2
     await reloads.close()
+
+
+async def test_alerts_follow_a_reload_changed_turned_on_and_turned_off(tmp_path: Path) -> None:
+    """SPEC §3: ``alerts`` changes on reload: the running watcher takes a changed config; a
+    config that turns alerts on starts a watcher in a serving process; null stops it."""
+    log_only = {"check_interval_s": 60, "channels": [{"type": "log"}]}
+    async with Services.opened(_settings(store=f"sqlite:///{tmp_path}/s.db"),
+                               background=True) as services:
+        assert services.monitor is None and services.authority.on_replay is None
+        services.reload(_settings(alerts=log_only))
+        watcher = services.monitor
+        assert watcher is not None and services.authority.on_replay == watcher.replayed
+        assert watcher.config.check_interval_s == 60
+        services.reload(_settings(alerts={**log_only, "check_interval_s": 120,
+                                          "expiry_days": [3]}))
+        assert services.monitor is watcher  # the same watcher, reconfigured
+        assert watcher.config.check_interval_s == 120 and watcher.config.expiry_days == (3,)
+        services.reload(_settings(alerts=None))
+        assert services.monitor is None and services.authority.on_replay is None
+        await asyncio.sleep(0.1)
+        assert not services._stopping  # the old watcher stopped (lease handed over)
