@@ -26,6 +26,12 @@ the token it would leave behind must be within the same bounds:
     more credits a higher balance than the caller's, or a refill the caller lacks, of a higher
                  amount or more often; a caller without credits may grant any
 
+Credits are never granted by a self caller (SPEC §13; README "Named limits and usage credits"):
+a caller with credits (judged on its stored record, not the cached one) may not create tokens
+at all, since each child would be a new balance, and no self caller may PATCH ``credits`` of
+any token, its own included (setting a balance is a refill). A caller without credits may
+create children with credits (that narrows). A rotation moves the balance; it grants nothing.
+
 Revoking and deleting a token of its own subject (one, a family, or all of them) is always
 allowed, however wide the token: SPEC forbids a self caller to "rotate, change or re-limit" a
 wider token, and taking a token away grants nothing.
@@ -84,10 +90,13 @@ async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | 
         return Caller(Actor(f"admin:{record.id}", ip, user_agent), admin=True)
     if SELF_SCOPE in record.scopes:
         default = pipeline.settings.default_rate_limit
+        # The cached record may predate an admin's change of credits: judge on the stored one.
+        stored = await pipeline.store.get_token(record.id)
+        credits = record.credits if stored is None else stored.credits
         return Caller(Actor(f"self:{record.id}", ip, user_agent), admin=False,
                       subject=record.subject, scopes=record.scopes, ends_at=_end(record),
                       rate=record.rate_limit or default, default_rate=default,
-                      limits=_limits(record, default), credits=record.credits)
+                      limits=_limits(record, default), credits=credits)
     pipeline.usage.event("access_denied", "admin_api", ip, record.id, record.subject)
     raise Forbidden(f"the token needs scope {ADMIN_SCOPE} or {SELF_SCOPE}")
 
@@ -124,6 +133,23 @@ def check_grant(caller: Caller, scopes: Iterable[str]) -> None:
                             scope)
 
 
+SELF_CREDITS = f"a token with {SELF_SCOPE} may not change a token's credits; an admin can"
+
+
+def check_create(caller: Caller) -> None:
+    """A self caller with a credit quota may not create tokens: each would be a new balance."""
+    if not caller.admin and caller.credits is not None:
+        raise Forbidden("credits: a caller with a credit quota cannot create tokens; "
+                        "an admin can")
+
+
+def check_changes(caller: Caller, fields: Iterable[str]) -> None:
+    """A self caller's PATCH may not name ``credits`` (any value, its own token too): a new
+    balance would refill what the gateway has already spent."""
+    if not caller.admin and "credits" in fields:
+        raise Forbidden(f"credits: {SELF_CREDITS}")
+
+
 def bounded(caller: Caller, expiry_field: str = "expires_at") -> Allow | None:
     """The self-service veto the authority runs before a create, PATCH or rotation writes:
     the token as it was (None for a create) and as it would be stored must both be within the
@@ -132,6 +158,10 @@ def bounded(caller: Caller, expiry_field: str = "expires_at") -> Allow | None:
         return None
 
     def allow(before: TokenRecord | None, after: TokenRecord) -> None:
+        if before is None:
+            check_create(caller)
+        elif after.credits != before.credits:  # a rotation moves the balance unchanged
+            raise Forbidden(f"credits: {SELF_CREDITS}")
         if before is not None:
             _within(caller, before, "the token", expiry_field)
         check_grant(caller, [s for s in after.scopes if before is None or s not in before.scopes])

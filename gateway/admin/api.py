@@ -22,6 +22,8 @@ from gateway.admin.access import (
     Caller,
     authenticate,
     bounded,
+    check_changes,
+    check_create,
     check_grant,
     check_own,
     require_admin,
@@ -137,6 +139,7 @@ def _presentable(auth: TokenAuthority, allow: Allow | None) -> Allow:
 async def create_token(body: m.TokenCreate, who: CallerDep, auth: AuthDep) -> dict[str, Any]:
     """Create a token; the response holds its secret (`token`), shown this once."""
     subject_filter(who, body.subject)
+    check_create(who)
     scopes = auth.scopes_for(body.scopes, body.role)
     check_grant(who, scopes)
     allow = bounded(who, "expires_in" if body.expires_in is not None else "expires_at")
@@ -184,6 +187,7 @@ async def update_token(token_id: str, body: m.TokenUpdate, who: CallerDep,
     """Change name, scopes, rate_limit (null: the default), metadata or expires_at (null:
     never)."""
     await _own(auth, who, token_id)
+    check_changes(who, body.model_fields_set)
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     if "rate_limit" in changes:
         changes["rate_limit"] = _rate(changes["rate_limit"])

@@ -193,25 +193,27 @@ def _named(response) -> str:
 
 
 async def test_self_service_cannot_grant_faster_limits_or_more_credits(gw, http):
-    me = await _create(http, gw, scopes=["authgate:self", "read"],
-                       rate_limit=[{"name": "burst", "limit": 10, "window_s": 1},
-                                   {"name": "daily", "limit": 1000, "window_s": 86400}],
-                       credits={"remaining": 100, "refill": {"amount": 100,
-                                                             "interval": "month"}})
+    limits = [{"name": "burst", "limit": 10, "window_s": 1},
+              {"name": "daily", "limit": 1000, "window_s": 86400}]
+    me = await _create(http, gw, scopes=["authgate:self", "read"], rate_limit=limits)
+    quota = await _create(http, gw, scopes=["authgate:self", "read"], rate_limit=limits,
+                          credits={"remaining": 100, "refill": {"amount": 100,
+                                                                "interval": "month"}})
     h = bearer(me["token"])
     slow = [{"name": "slow", "limit": 5, "window_s": 1},
             {"name": "day", "limit": 500, "window_s": 86400}]
-    for body, field in [
-        ({"rate_limit": [{"name": "burst", "limit": 20, "window_s": 1}]}, "rate_limit"),
-        ({"rate_limit": "10/second"}, "rate_limit"),  # no daily bound: faster by the day
-        ({"rate_limit": None}, "rate_limit"),  # the default (1000/minute) is faster
-        ({"rate_limit": "5/minute"}, "rate_limit"),  # 7200 a day: faster than 1000/day
-        ({"credits": None, "rate_limit": slow}, "credits"),  # unlimited credits
-        ({"credits": {"remaining": 101}, "rate_limit": slow}, "credits"),
-        ({"credits": {"remaining": 5, "refill": {"amount": 10, "interval": "day"}},
-          "rate_limit": slow}, "credits"),
+    for headers, body, field in [
+        (h, {"rate_limit": [{"name": "burst", "limit": 20, "window_s": 1}]}, "rate_limit"),
+        (h, {"rate_limit": "10/second"}, "rate_limit"),  # no daily bound: faster by the day
+        (h, {"rate_limit": None}, "rate_limit"),  # the default (1000/minute) is faster
+        (h, {"rate_limit": "5/minute"}, "rate_limit"),  # 7200 a day: faster than 1000/day
+        # a caller with a credit quota creates no tokens at all, with credits or without
+        (bearer(quota["token"]), {"credits": None, "rate_limit": slow}, "credits"),
+        (bearer(quota["token"]), {"credits": {"remaining": 5}, "rate_limit": slow}, "credits"),
+        (bearer(quota["token"]), {"rate_limit": [{"name": "burst", "limit": 20,
+                                                  "window_s": 1}]}, "credits"),
     ]:
-        r = await http.post(f"{gw.admin}/v1/tokens", headers=h,
+        r = await http.post(f"{gw.admin}/v1/tokens", headers=headers,
                             json={"subject": "alice", "name": "child", **body})
         assert r.status_code == 403, (body, r.text)
         assert r.json()["error_description"].startswith(field), r.json()
@@ -219,9 +221,9 @@ async def test_self_service_cannot_grant_faster_limits_or_more_credits(gw, http)
                        credits={"remaining": 50, "refill": {"amount": 100,
                                                             "interval": "month"}})
     assert ok["credits"]["remaining"] == 50
-    r = await http.patch(f"{gw.admin}/v1/tokens/{ok['id']}", headers=h,
-                         json={"credits": {"remaining": 1000}})
-    assert r.status_code == 403 and r.json()["error_description"].startswith("credits")
+    for body in ({"credits": {"remaining": 1000}}, {"credits": {"remaining": 1}}):
+        r = await http.patch(f"{gw.admin}/v1/tokens/{ok['id']}", headers=h, json=body)
+        assert r.status_code == 403 and r.json()["error_description"].startswith("credits")
 
 
 async def test_csv_export_has_the_credit_columns(gw, http):
