@@ -13,7 +13,14 @@ when the request was refused before a route matched, e.g. a malformed path), ``s
 ``token_id`` (null without a token), ``upstream_ms`` (from the start of the forward to the
 upstream's response head or its failure; null when nothing was forwarded), ``total_ms`` (to the
 last byte sent), ``bytes_in`` / ``bytes_out`` (request and response body bytes). Never a header,
-so never a credential; never the query string.
+so never a credential; never the query string. Nor a credential in the path (SPEC §6: a
+client may put its token there, ``/t/agt_...``): ``redact_path`` replaces anything shaped like
+an authgate token (``[a-z0-9_]{1,16}_`` and 38 base62 characters, whatever the prefix; the
+checksum is not checked) with ``[redacted]``, in the path as sent and, when it has ``%``, in its
+once and twice percent-decoded forms (a token found only there is logged from the decoded path,
+redacted: ``%5F`` spellings), and drops the value of every ``;name=value`` path parameter
+(``;jsessionid=[redacted]``). A path without ``_``, ``%`` or ``;`` skips it. ``method`` is cut
+to ``MAX_METHOD`` characters.
 
 Why a thread: a write to a stdout pipe blocks when the reader is slow. The event loop only
 appends a tuple of raw values; the thread formats them (JSON, ASCII only: control
@@ -32,10 +39,12 @@ import collections
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from gateway.errors import Refusal
 
@@ -59,6 +68,13 @@ CLIENT_GONE = 499  # the status logged when the client left before a response be
 FIELDS = ("ts", "request_id", "client_ip", "method", "path", "status", "outcome", "route",
           "subject", "token_id", "upstream_ms", "total_ms", "bytes_in", "bytes_out")
 _STRINGS = ("request_id", "client_ip", "method", "path", "route", "subject", "token_id")
+MAX_METHOD = 32  # a method is a short token; a client's long one is cut in the line
+REDACTED = "[redacted]"
+# An authgate token (gateway.tokens: prefix [a-z0-9_]{1,16}, "_", 32 random + 6 checksum base62),
+# any prefix; and a path parameter's value (";jsessionid=...", up to the next ";", "/" or "?").
+_TOKEN_SHAPE = re.compile(r"[a-z0-9_]{1,16}_[0-9A-Za-z]{38}")
+_PATH_PARAM = re.compile(r"(;[^;/?=]*=)[^;/?]*")
+_MAY_HIDE = re.compile(r"[_%;]")  # what every redaction needs in the path as sent
 
 
 def route_of(router: Router, method: str | None, path: str | None) -> str | None:
@@ -231,6 +247,27 @@ def _text(value: bytes | str | None) -> str | None:
     return value
 
 
+def _redact(path: str) -> str:
+    return _PATH_PARAM.sub(r"\1" + REDACTED, _TOKEN_SHAPE.sub(REDACTED, path))
+
+
+def redact_path(path: str | None) -> str | None:
+    """The path with credentials taken out (module docstring): token shapes and path
+    parameter values, in the path as sent and in its once/twice percent-decoded forms."""
+    if path is None or not _MAY_HIDE.search(path):
+        return path  # the common path: one scan of a short string, nothing allocated
+    out = _redact(path)
+    decoded = out
+    for _ in range(2):
+        if "%" not in decoded:
+            break
+        decoded = unquote(decoded, errors="backslashreplace")
+        clean = _redact(decoded)
+        if clean != decoded:  # a credential spelled with percent-escapes: log it decoded
+            out = decoded = clean
+    return out
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -262,7 +299,9 @@ def format_line(values: tuple[Any, ...]) -> bytes:
     (wall, request_id, client_ip, method, path, status, outcome, route, subject, token_id,
      upstream, total, bytes_in, bytes_out) = values
     ts = _ts(wall)
-    rid, method_s, path_s = _text(request_id), _text(method), _text(path)
+    rid, method_s, path_s = _text(request_id), _text(method), redact_path(_text(path))
+    if method_s is not None and len(method_s) > MAX_METHOD:
+        method_s = method_s[:MAX_METHOD]
     line = (f'{{"ts":"{ts}","request_id":{_q(rid)},"client_ip":{_q(client_ip)},'
             f'"method":{_q(method_s)},"path":{_q(path_s)},"status":{int(status)},'
             f'"outcome":{_q(outcome)},"route":{_q(route)},"subject":{_q(subject)},'

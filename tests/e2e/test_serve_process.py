@@ -508,3 +508,56 @@ async def test_reload_changes_routes_without_dropping_a_streaming_request(
     lines = [(line["path"], line["status"]) for line in gw.lines()]
     assert sorted(lines) == [("/new/x", 200), ("/new/x", 401), ("/old/x", 200),
                              ("/stream/s", 200)]
+
+
+async def test_a_credential_in_the_path_is_redacted_in_every_spelling(
+        serve: Callable[..., Serve], upstream_url: str, tmp_path: Path) -> None:
+    """SPEC §6: a token in the path (plain, percent-encoded, %5F for its "_", twice encoded, a
+    ;jsessionid= parameter), proxied or judged by forward auth, never reaches the log."""
+    gw = serve({"store": f"sqlite:///{tmp_path}/gw.db", "upstream": upstream_url,
+                "routes": [{"path": "/public/*", "auth": "none"}]})
+    await gw.ready()
+    async with httpx.AsyncClient(timeout=30) as client:
+        secret = (await _token(client, gw))["token"]
+    prefix, random = secret.split("_", 1)
+    paths = {
+        "p1": f"/public/t/{secret}",
+        "p2": f"/public/a%3Ftoken%3D{secret}",
+        "p3": f"/public/x;jsessionid={secret}",
+        "p4": f"/public/{prefix}%5F{random}",
+        "p5": f"/public/{prefix}%255F{random}/z",
+        "p6": "/public/x;jsessionid=s3cr3t-value;v=2/y",
+    }
+    for rid, path in paths.items():
+        head = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\n\r\n".encode()
+        assert (await _raw_request(gw.proxy_port, head)).startswith(b"HTTP/1.1 ")
+    heads = {  # forward auth: the path comes from X-Forwarded-Uri
+        "f1": f"X-Forwarded-Uri: /public/t/{secret}\r\n".encode(),
+        "f2": f"X-Forwarded-Uri: /public/{prefix}%5F{random}\r\n".encode(),
+        "f3": f"X-Forwarded-Uri: /public/x;jsessionid={secret}\r\n".encode(),
+        "f4": b"X-Forwarded-Uri: /public/\xff\xfe/" + secret.encode() + b"\r\n",
+        "f5": b"X-Forwarded-Method: " + b"G" * 500 + b"\r\nX-Forwarded-Uri: /public/a\r\n",
+    }
+    for rid, extra in heads.items():
+        head = (b"GET /v1/authorize HTTP/1.1\r\nHost: x\r\nX-Request-Id: " + rid.encode()
+                + b"\r\n" + extra + b"\r\n")
+        assert (await _raw_request(gw.admin_port, head)).startswith(b"HTTP/1.1 ")
+    lines = await _lines_settled(gw, len(paths) + len(heads))
+    out = gw.stdout()
+    assert random.encode() not in out and random[:20].encode() not in out
+    assert b"s3cr3t" not in out
+    by_id = {line["request_id"]: line for line in lines}
+    assert sorted(by_id) == sorted([*paths, *heads])
+    assert by_id["p1"]["path"] == "/public/t/[redacted]"
+    assert by_id["p2"]["path"] == "/public/a%3Ftoken%3D[redacted]"
+    assert by_id["p3"]["path"] == "/public/x;jsessionid=[redacted]"
+    assert by_id["p4"]["path"] == "/public/[redacted]"
+    assert by_id["p5"]["path"] == "/public/[redacted]/z"
+    assert by_id["p6"]["path"] == "/public/x;jsessionid=[redacted];v=[redacted]/y"
+    assert by_id["f1"]["path"] == "/public/t/[redacted]"
+    assert by_id["f2"]["path"] == "/public/[redacted]"
+    assert by_id["f3"]["path"] == "/public/x;jsessionid=[redacted]"
+    assert by_id["f4"]["path"] == "/public/\\xff\\xfe/[redacted]"
+    assert by_id["f5"]["method"] == "G" * 32
+    gw.signal(signal.SIGTERM)
+    assert await gw.exit_status() == 0

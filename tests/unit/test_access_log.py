@@ -173,7 +173,7 @@ def test_every_string_field_round_trips_exactly(text: str) -> None:
     assert line.isascii()
     for key in ("request_id", "client_ip", "method", "path", "route", "subject", "token_id",
                 "outcome"):
-        assert doc[key] == text, key
+        assert doc[key] == (text[:access_log.MAX_METHOD] if key == "method" else text), key
     assert (doc["status"], doc["bytes_in"], doc["bytes_out"]) == (200, 3, 5)
 
 
@@ -190,3 +190,36 @@ def test_a_client_that_left_before_the_response_is_logged_499() -> None:
     log.record(Entry(log, scope, nothing, ignore, time.perf_counter(), b"r"), "ok", "1.2.3.4")
     doc = json.loads(format_line(log._pending.popleft()))
     assert (doc["status"], doc["outcome"], doc["bytes_out"]) == (499, "ok", 0)
+
+
+_SECRET = "agt_" + "Ab3" * 12 + "Zz"  # the shape of a token: prefix, "_", 38 base62
+
+
+@pytest.mark.parametrize(("path", "logged"), [
+    (f"/t/{_SECRET}", "/t/[redacted]"),
+    (f"/public/a%3Ftoken%3D{_SECRET}", "/public/a%3Ftoken%3D[redacted]"),
+    (f"/x;jsessionid={_SECRET}/y", "/x;jsessionid=[redacted]/y"),
+    ("/x;jsessionid=opaque;v=1", "/x;jsessionid=[redacted];v=[redacted]"),
+    (f"/p/agt%5F{_SECRET[4:]}", "/p/[redacted]"),  # its "_" percent-encoded
+    (f"/p/agt%255F{_SECRET[4:]}/q", "/p/[redacted]/q"),  # twice
+    (f"/p/%61gt_{_SECRET[4:]}", "/p/%[redacted]"),  # a letter of the prefix encoded
+    ("/a%3Bsid%3Dopaque", "/a;sid=[redacted]"),  # an encoded ;param=
+    (f"/p/my_prefix_{_SECRET[4:]}", "/p/[redacted]"),  # any prefix
+    (b"/t/" + _SECRET.encode() + b"/\xff", "/t/[redacted]/\\xff"),  # bytes as the proxy's
+])
+def test_a_credential_in_the_path_is_redacted(path: bytes | str, logged: str) -> None:
+    line = format_line(_values(path))
+    assert _SECRET[4:].encode() not in line and b"opaque" not in line
+    assert json.loads(line)["path"] == logged
+
+
+@pytest.mark.parametrize("path", ["/a/b/c", "/public/a%20b", "/files/my_report.pdf",
+                                  "/x" * 100, "/a_b;c", ""])
+def test_a_path_without_a_credential_is_logged_as_sent(path: str) -> None:
+    assert access_log.redact_path(path) == path
+    assert json.loads(format_line(_values(path)))["path"] == path
+
+
+def test_a_long_method_is_cut() -> None:
+    doc = json.loads(format_line(_values(method="X" * 5000)))
+    assert doc["method"] == "X" * access_log.MAX_METHOD
