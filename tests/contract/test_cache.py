@@ -290,3 +290,16 @@ async def test_a_fill_racing_a_writer_without_redis_dies_at_its_deadline(replica
     for rep in (a, b):
         await eventually_revoked(rep, record.token_hash, within_s=ttl)
         assert time.monotonic() <= read_start + ttl + SLACK_S
+
+
+async def test_revoke_all_empties_the_shared_cache_on_every_node(redis_replica):
+    a = await redis_replica()
+    records = [(await a.authority.create(ADMIN, subject="s", name=f"t{i}"))[0] for i in range(12)]
+    for r in records:  # hashes spread over the slots: on a cluster, over every node
+        await a.lookup(r.token_hash)
+    await a.authority.revoke_all(ADMIN, "drill")
+    fresh = await redis_replica()
+    for r in records:
+        seen = await fresh.lookup(r.token_hash)
+        assert seen is not None and seen.revoked_at is not None
+    assert fresh.layers == ["store"] * len(records)  # nothing left in the shared layer
