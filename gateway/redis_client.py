@@ -137,9 +137,16 @@ class ClusterRedisClient(RedisClient):
         t = parse_topology(url)
         self._seeds = ", ".join(f"{h}:{p}" for h, p in t.nodes)
         self._next_node = 0
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One retry (after redis-py refreshes the slot map: a moved slot, a failover), no
+        # backoff: this is a cache, and a request waiting on a broken cluster is worse than one
+        # served from the store. (redis-py's default retries 3 times with backoff: ~4 s.)
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], username=t.username,
             password=t.password, max_connections=max_connections,
+            retry=Retry(NoBackoff(), 1),
             socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S)
 
     async def check(self) -> None:
