@@ -5,6 +5,8 @@ under traffic, and ``serve`` refusing a cache URL that cannot work (one line, no
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import time
@@ -311,3 +313,57 @@ def test_serve_refuses_a_malformed_cluster_url_before_starting(tmp_path):
     proc = serve_process(tmp_path, "redis+cluster://u:pw@host:99999/")
     line = assert_one_line_naming_cache(proc, "port")
     assert "pw" not in line
+
+
+# --- the CLI is a writer too (revocation bound: whichever process made the change) -------------
+
+
+def cli(*args: str, store: str, cache: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHGATE_")}
+    env.update(AUTHGATE_PEPPER="e2e-pepper", AUTHGATE_CACHE=cache)
+    return subprocess.run([sys.executable, "-m", "gateway", "--store", store, *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+async def test_a_cli_revoke_is_broadcast_through_the_cluster_or_sentinel(replicas, http):
+    a, b = await replicas.start(local_cache_ttl_s=30), await replicas.start(local_cache_ttl_s=30)
+    record, secret = await a.gateway.authority.create(ACTOR, subject="s", name="cli")
+    for rg in (a, b):
+        assert (await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code == 200
+    proc = await asyncio.to_thread(cli, "tokens", "revoke", record.id,
+                                   store=replicas.store_url, cache=replicas.cache_url)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not broadcast" not in proc.stderr, proc.stderr
+    t0 = time.monotonic()
+    for rg in (a, b):  # the TTL is 30 s: only the broadcast refuses it this soon
+        while (await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code != 401:
+            assert time.monotonic() - t0 < 2, "the CLI's revoke did not reach a replica"
+            await asyncio.sleep(0.02)
+
+
+async def test_a_cli_revoke_with_an_unreachable_cluster_still_succeeds(pg_database):
+    await (await open_empty_store(pg_database)).close()
+    created = cli("tokens", "create", "--subject", "s", "--name", "n", "--json",
+                  store=pg_database, cache="memory://")
+    token_id = json.loads(created.stdout)["id"]
+    proc = cli("tokens", "revoke", token_id, store=pg_database,
+               cache=f"redis+cluster://127.0.0.1:{free_port()}/")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not broadcast" in proc.stderr  # replicas then see it within the bound instead
+
+
+async def test_the_sentinel_urls_database_is_the_one_used(redis_sentinel):
+    from gateway.redis_client import make_redis
+
+    redis_sentinel.flush()
+    client = make_redis(redis_sentinel.url(db=3))
+    try:
+        await client.client.set("authgate:probe", "x")
+    finally:
+        await client.close()
+    port = redis_sentinel.master_port()
+    got = subprocess.run(["redis-cli", "-p", str(port), "-n", "3", "get", "authgate:probe"],
+                         capture_output=True, text=True).stdout.strip()
+    assert got == "x"
+    assert subprocess.run(["redis-cli", "-p", str(port), "-n", "0", "exists", "authgate:probe"],
+                          capture_output=True, text=True).stdout.strip() == "0"
