@@ -146,7 +146,7 @@ class ClusterRedisClient(RedisClient):
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], username=t.username,
             password=t.password, max_connections=max_connections,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1), health_check_interval=30,
             socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S)
 
     async def check(self) -> None:
