@@ -102,11 +102,14 @@ class RedisClient:
                       calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Run one script for each (keys, args) in one pipeline (one checkout, one write, one
         read). Plain EVALSHA: redis-py's Script objects add a SCRIPT EXISTS round trip to every
-        pipeline; the script is (re)loaded only when Redis says it lacks it."""
+        pipeline; the script is (re)loaded only when Redis says it lacks it. Through
+        ``execute_command``: a cluster pipeline refuses the ``evalsha`` method (a script's keys
+        might span slots; ours share one hash tag) but routes the command by its first key,
+        one pipeline per node."""
         for attempt in (1, 2):
             async with self.client.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
-                    pipe.evalsha(sha, len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
                 try:
                     return list(await pipe.execute())
                 except NoScriptError:
@@ -164,13 +167,6 @@ class ClusterRedisClient(RedisClient):
         async with self.client.pubsub(node=nodes[self._next_node % len(nodes)]) as pubsub:
             await pubsub.subscribe(channel)
             yield pubsub
-
-    async def scripts(self, script: str, sha: str,
-                      calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Each call on its own (redis-py refuses EVALSHA in a cluster pipeline: its keys may
-        live on different nodes), concurrently; each still runs atomically on its slot."""
-        return list(await asyncio.gather(
-            *(self.script(script, sha, keys, *args) for keys, args in calls)))
 
     async def close(self) -> None:
         await self.client.aclose()  # every node's connections
