@@ -7,8 +7,7 @@ behind one interface, chosen by the URL's scheme in ``CLIENTS`` (``make_redis``)
     redis+cluster://      ClusterRedisClient   redis-py ``RedisCluster`` (any seed nodes)
     redis+sentinel://     SentinelRedisClient  redis-py ``Sentinel.master_for`` (follows failover)
 
-The
-shared token cache (``cache.RedisShared``) and the shared limiter (``ratelimit.RedisLimiter``)
+The shared token cache (``cache.RedisShared``) and the shared limiter (``ratelimit.RedisLimiter``)
 both run on one ``RedisClient``: one pool, and one view of whether Redis is up. While it is down
 (a failed call marks it so for ``backoff_s``) neither asks it: lookups go to the store and limits
 are kept per replica. Redis errors never reach callers.
@@ -46,8 +45,8 @@ def script_id(script: str) -> str:
 
 class RedisClient:
     """One Redis server. ``client`` is the redis-py client every caller uses (commands,
-    pipelines of plain commands, ``publish``); what differs between topologies is behind the
-    methods here: ``subscription``, ``scripts`` and ``check``."""
+    pipelines of plain commands and of scripts, ``publish``); what differs between topologies
+    is behind the methods here: ``subscription``, ``check`` and ``close``."""
 
     def __init__(self, url: str, max_connections: int = 512, backoff_s: float = 1.0) -> None:
         self.client: Any = self._connect(url, max_connections)
@@ -129,19 +128,19 @@ class ClusterRedisClient(RedisClient):
 
     The invalidation broadcast is classic PUBLISH/SUBSCRIBE, which a cluster forwards to every
     node: a replica subscribes on any one node and a publish through any node reaches it. The
-    subscription moves to the next node when its node fails (``subscription`` rotates), so any live
-    node serves. Sharded pub/sub (SPUBLISH) would bind the one channel to one shard, and lose
+    subscription moves to the next node when its node fails (``subscription`` rotates), so any
+    live node serves. Sharded pub/sub (SPUBLISH) would bind the one channel to one shard, and lose
     the broadcast whenever that shard is down.
     """
 
     def _connect(self, url: str, max_connections: int) -> Any:
         from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         t = parse_topology(url)
         self._seeds = ", ".join(f"{h}:{p}" for h, p in t.nodes)
         self._next_node = 0
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
 
         # One retry (after redis-py refreshes the slot map: a moved slot, a failover), no
         # backoff: this is a cache, and a request waiting on a broken cluster is worse than one

@@ -16,7 +16,8 @@ Optional services, built (and imported) only when configured:
     legacy      settings.legacy_tokens       gateway.imports.legacy.LegacyVerifier (pipeline)
 
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
-here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
+here on first use and closed here (the class for the URL's topology: ``redis_client.CLIENTS``;
+``serve`` first runs ``check_cache``). ``serve`` (proxy + admin listeners), the CLI (store and
 authority only, no background work) and an in-process middleware all build the same object.
 """
 
