@@ -367,3 +367,29 @@ async def test_the_sentinel_urls_database_is_the_one_used(redis_sentinel):
     assert got == "x"
     assert subprocess.run(["redis-cli", "-p", str(port), "-n", "0", "exists", "authgate:probe"],
                           capture_output=True, text=True).stdout.strip() == "0"
+
+
+async def test_every_limit_of_the_pipeline_runs_in_redis(replicas, http):
+    """The token's own limit with a route's (one script, two keys: one hash tag), a public
+    route's per-address limit and the refused-credential brake, all answered by the cluster or
+    sentinel (a CROSSSLOT key pair would fail over to the per-replica limiter: an error)."""
+    from gateway import tokens
+
+    rg = await replicas.start(failed_auth_limit="3/minute", routes=[
+        {"path": "/public/*", "auth": "none", "rate_limit": "3/minute"},
+        {"path": "/limited/*", "rate_limit": "2/minute"}])
+    _, secret = await rg.gateway.authority.create(ACTOR, subject="s", name="n",
+                                                  rate_limit="5/minute")
+    public = [(await http.get(f"{rg.proxy}/public/x")).status_code for _ in range(4)]
+    assert public == [200, 200, 200, 429]
+    routed = [(await http.get(f"{rg.proxy}/limited/x", headers=bearer(secret))).status_code
+              for _ in range(3)]
+    assert routed == [200, 200, 429]
+    own = [(await http.get(f"{rg.proxy}/echo", headers=bearer(secret))).status_code
+           for _ in range(4)]
+    assert own == [200, 200, 200, 429]  # 2 on the route + 3 here = the token's 5
+    unknown = tokens.generate("agt").plaintext  # well-formed, in no store
+    refused = [(await http.get(f"{rg.proxy}/echo", headers=bearer(unknown))).status_code
+               for _ in range(5)]
+    assert refused[:3] == [401, 401, 401] and refused[-1] == 429
+    assert redis_errors(rg) == 0
