@@ -32,7 +32,16 @@ from gateway.config import Settings
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision
-from gateway.proxy import CHUNK, HeaderRules, Receive, Scope, Send, _ClientWatch, _has_body, _target
+from gateway.proxy import (
+    CHUNK,
+    HeaderRules,
+    Receive,
+    Scope,
+    Send,
+    _ClientWatch,
+    _has_body,
+    request_target,
+)
 
 if TYPE_CHECKING:
     from gateway.assertion import Assertions
@@ -103,9 +112,7 @@ class HttpxForwarder:
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
         """Send the request upstream and stream the answer back; raises UpstreamError before
         anything was sent to the client. Returns quietly when the client goes away."""
-        target = _target(scope)
-        if target is None:
-            raise UpstreamError(400, "bad_request", "the request target must be a path ('/...')")
+        target = request_target(scope)
         upstream = decision.route.upstream
         origin = self._origins[upstream]
         headers = [(b"host", origin.authority)]

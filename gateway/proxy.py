@@ -19,9 +19,9 @@ connection closed) when the upstream has not answered yet.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -149,7 +149,9 @@ def request_id_of(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and 0 < len(value) <= 200:
             return bytes(value)
-    return os.urandom(16).hex().encode()  # as unique as uuid4, at a fraction of the cost
+    # 128 random bits: as unique as uuid4. From the (fork-safe) Mersenne Twister, seeded from
+    # the OS at start: a request id must be unique, not secret, and os.urandom is a syscall.
+    return b"%032x" % getrandbits(128)
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -176,6 +178,15 @@ def _target(scope: Scope) -> str | None:
     target = path.decode("latin-1")
     if scope.get("query_string"):
         target += "?" + scope["query_string"].decode("latin-1")
+    return target
+
+
+def request_target(scope: Scope) -> str:
+    """``_target``, or UpstreamError 400 for a target that is not a path: every forwarder's
+    first step (the one check, written once)."""
+    target = _target(scope)
+    if target is None:
+        raise UpstreamError(400, "bad_request", "the request target must be a path ('/...')")
     return target
 
 
@@ -271,9 +282,7 @@ class AiohttpForwarder:
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
         """Send the request upstream and stream the answer back; raises UpstreamError before
         anything was sent to the client. Returns quietly when the client goes away."""
-        target = _target(scope)
-        if target is None:
-            raise UpstreamError(400, "bad_request", "the request target must be a path ('/...')")
+        target = request_target(scope)
         url = URL(decision.route.upstream + target, encoded=True)
         headers = self._rules.request(scope, decision, request_id)
         task = asyncio.current_task()

@@ -7,6 +7,7 @@ it touches a cache or the store, and lets secret scanners recognise leaked token
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -48,11 +49,11 @@ class ParsedToken:
 
 
 def _base62(n: int, width: int) -> str:
-    digits = []
-    while n:
+    digits = ""
+    while n:  # prepending to a short str: cheaper than a list, reversed and joined
         n, r = divmod(n, 62)
-        digits.append(BASE62[r])
-    return "".join(reversed(digits)).rjust(width, "0")
+        digits = BASE62[r] + digits
+    return digits.rjust(width, "0")
 
 
 def checksum(random: str) -> str:
@@ -90,11 +91,32 @@ def parse(raw: str, expected_prefix: str | None = None) -> ParsedToken:
     return ParsedToken(prefix, random, raw)
 
 
+_SHA256_BLOCK = 64
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+@functools.lru_cache(maxsize=4)
+def _hmac_pads(pepper: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """SHA-256 states with the pepper's inner and outer HMAC pads (RFC 2104) already
+    absorbed: each hash then copies them instead of building an HMAC object (half the work)."""
+    key = pepper.encode("utf-8")
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
 def hash_token(plaintext: str, pepper: str | None) -> str:
     """Keyed hash stored in place of the token: HMAC-SHA256 with the pepper, else SHA-256."""
     data = plaintext.encode("ascii")
-    if pepper:
-        return hmac.new(pepper.encode("utf-8"), data, hashlib.sha256).hexdigest()
+    if pepper:  # = hmac.new(pepper, data, sha256).hexdigest(), from the precomputed pads
+        inner_pad, outer_pad = _hmac_pads(pepper)
+        inner = inner_pad.copy()
+        inner.update(data)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
     return hashlib.sha256(data).hexdigest()
 
 

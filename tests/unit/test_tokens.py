@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway import tokens
 from gateway.errors import InvalidInput
-from gateway.tokens import BASE62, MalformedToken, checksum, parse
+from gateway.tokens import BASE62, MalformedToken, checksum, hash_token, parse
 
 
 def test_generated_token_has_the_spec_shape():
@@ -123,3 +123,13 @@ def test_scopes_must_be_a_list_and_are_deduplicated():
     with pytest.raises(InvalidInput):
         tokens.normalise_scopes("read")
     assert tokens.normalise_scopes(["read", "write", "read"]) == ("read", "write")
+
+
+@pytest.mark.parametrize("pepper", ["p", "bench", "x" * 64, "y" * 65, "Łukasz-ünïcode" * 9, "\0k"])
+def test_keyed_hash_is_hmac_sha256_of_the_pepper(pepper: str) -> None:
+    """hash_token computes HMAC from precomputed pads: it must equal the library's HMAC, for
+    short peppers, a block-sized one and longer ones (hashed first, RFC 2104)."""
+    for plaintext in ("ag_" + "A" * 38, "x", ""):
+        expected = hmac.new(pepper.encode(), plaintext.encode(), hashlib.sha256).hexdigest()
+        assert hash_token(plaintext, pepper) == expected
+    assert hash_token("ag_a", None) == hashlib.sha256(b"ag_a").hexdigest()
