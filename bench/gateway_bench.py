@@ -3,6 +3,7 @@
     python bench/gateway_bench.py                      # full run, ~6 min on 2 cores
     python bench/gateway_bench.py --compare eb8d702    # and that revision's gateway, ~9 min
     python bench/gateway_bench.py --quick              # short rounds, for development
+    python bench/gateway_bench.py --cluster            # + a PostgreSQL + Redis Cluster row
     python bench/gateway_bench.py --variant 'assertion:AUTHGATE_IDENTITY_ASSERTION={"ttl_s":60}'
                                                        # + a row signing an identity assertion
     python bench/gateway_bench.py --variant nolog:AUTHGATE_ACCESS_LOG=false
@@ -118,6 +119,8 @@ class Bench:
 
     def gateways(self, tree: Tree, variants: list[tuple[str, dict[str, str]]]) -> None:
         backends = ["sqlite+memory"] + ([] if self.opts.skip_postgres else ["postgresql+redis"])
+        if self.opts.cluster and tree.path == ROOT and not self.opts.skip_postgres:
+            backends.append("postgresql+cluster")  # a private 3-node Redis Cluster
         for backend in backends:
             redis: Redis | None = None
             if backend == "sqlite+memory":
@@ -125,7 +128,8 @@ class Bench:
             else:
                 self.databases.append(f"authgate_bench_{secrets.token_hex(4)}")
                 store = pg_database("create", self.databases[-1])
-                redis = self.redis()  # one per gateway: its CPU is that gateway's alone
+                redis = self.cluster() if backend == "postgresql+cluster" else self.redis()
+                # (one per gateway: its CPU is that gateway's alone)
             script = self.tmp / f"{tree.label}-{backend}.lua"
             write_wrk_script(script, tree.create_tokens(store, 100))
             for suffix, extra in [("", {})] + (variants if backend == "sqlite+memory" else []):
@@ -145,6 +149,14 @@ class Bench:
         assert r.proc is not None
         self.procs.append(r.proc)
         return r
+
+    def cluster(self) -> Redis:
+        """A private 3-node Redis Cluster (bench/cluster.py); its CPU is not in the redis
+        column (three processes), only the gateway's own."""
+        from cluster import own_cluster
+
+        url, _ = own_cluster(self.tmp, lambda name, args: self.launch(name, args))
+        return Redis(url, None)
 
     def setup(self) -> None:
         port = free_port()
@@ -370,6 +382,8 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, metavar="N",
                     help="also a SQLite gateway run with serve --workers N, and its req/s per "
                     "worker against one process")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also a PostgreSQL + Redis Cluster gateway (a private 3-node cluster)")
     opts = ap.parse_args(argv)
     opts.rounds = opts.rounds or (1 if opts.quick else 5)
     opts.duration = opts.duration or (2 if opts.quick else 5)

@@ -50,6 +50,7 @@ class Gateway:
                     clock: Callable[[], datetime] = utcnow) -> Gateway:
         services = await Services.open(settings, metrics, clock)
         try:
+            await services.check_cache()
             forwarder = open_forwarder(settings, services.router.upstreams, services.metrics,
                                        services.assertions)
             await forwarder.start()

@@ -384,8 +384,15 @@ class Settings(_Strict):
     @field_validator("cache")
     @classmethod
     def _cache(cls, v: str) -> str:
-        if not re.match(r"(memory://|rediss?://.+|redis\+cluster://.+)$", v):
-            raise ValueError("must be memory:// or redis://host:6379/0")
+        if v.startswith(("redis+cluster://", "redis+sentinel://")):
+            from gateway.redis_urls import parse_topology
+
+            parse_topology(v)  # ValueError: what is wrong with it, never the URL itself
+            return v
+        if not re.match(r"(memory://|rediss?://.+)$", v):
+            raise ValueError("must be memory://, redis://host:6379/0, "
+                             "redis+cluster://host1:6379,host2:6379/ or "
+                             "redis+sentinel://host1:26379/MASTER_NAME/DB")
         return v
 
     @field_validator("forwarder")

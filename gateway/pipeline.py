@@ -250,7 +250,7 @@ class Pipeline:
     async def _public(self, route: MatchedRoute, ip: str | None) -> Decision:
         if route.rate_limit is None:
             return Decision(route)
-        result = await self.limiter.hit([(f"ip:{route.index}:{ip}", route.rate_limit)])
+        result = await self.limiter.hit([(f"ip:{route.index}:{{{ip}}}", route.rate_limit)])
         if not result.admitted:
             self.usage.event("rate_limited", "route", ip)
             raise Refusal(429, "rate_limited", "too many requests", limit=result,
@@ -299,7 +299,7 @@ class Pipeline:
             return
         limit = self.settings.failed_auth_limit
         if limit is not None:
-            result = await self.limiter.hit([(f"fail:{ip}", limit)])
+            result = await self.limiter.hit([(f"fail:{{{ip}}}", limit)])
             if not result.admitted:
                 self._block(ip, result.retry_after_s)
                 self._over_failed_limit(ip, result.retry_after_s)
@@ -313,9 +313,9 @@ class Pipeline:
         limits: list[tuple[str, RateLimit]] = []
         own = record.rate_limit or self.settings.default_rate_limit
         if own is not None:
-            limits.append((f"t:{record.id}", own))
+            limits.append((f"t:{{{record.id}}}", own))
         if route.rate_limit is not None:
-            limits.append((f"r:{route.index}:{record.id}", route.rate_limit))
+            limits.append((f"r:{route.index}:{{{record.id}}}", route.rate_limit))
         if not limits:
             return None
         result = await self.limiter.hit(limits)

@@ -2,7 +2,13 @@
 
 ``RedisLimiter`` runs gateway/lua/gcra.lua (one round trip; all replicas share the state) and
 falls back to a per-replica ``MemoryLimiter`` while Redis is unreachable. Which one: the cache
-URL's scheme, from ``LIMITERS`` (``memory://`` -> in process, ``redis://`` -> Redis).
+URL's scheme, from ``LIMITERS`` (``memory://`` -> in process, ``redis://``, ``rediss://``,
+``redis+cluster://``, ``redis+sentinel://`` -> Redis).
+
+Keys carry a Redis Cluster hash tag: every key of one atomic call (one script) holds the same
+``{...}``, the token id (``t:{id}``, ``r:2:{id}``) or the client address (``ip:0:{addr}``,
+``fail:{addr}``), so a call's keys share one slot on a cluster. Other scripts over the same
+keys (e.g. credits) follow the same convention.
 """
 
 from __future__ import annotations
@@ -349,6 +355,7 @@ LIMITERS: dict[str, Callable[[str, RedisFor], RateLimiter]] = {
     "redis": lambda url, redis_for: RedisLimiter(redis_for(url)),
     "rediss": lambda url, redis_for: RedisLimiter(redis_for(url)),
     "redis+cluster": lambda url, redis_for: RedisLimiter(redis_for(url)),
+    "redis+sentinel": lambda url, redis_for: RedisLimiter(redis_for(url)),
 }
 
 

@@ -18,7 +18,8 @@ Optional services, built (and imported) only when configured:
                                              in ``start`` only: the CLI runs it by hand)
 
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
-here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
+here on first use and closed here (the class for the URL's topology: ``redis_client.CLIENTS``;
+``serve`` first runs ``check_cache``). ``serve`` (proxy + admin listeners), the CLI (store and
 authority only, no background work) and an in-process middleware all build the same object.
 """
 
@@ -141,11 +142,17 @@ class Services:
         """The process's Redis client for ``url``: one, whoever asks (cache and limiter)."""
         client = self._redis.get(url)
         if client is None:
-            from gateway.redis_client import RedisClient
+            from gateway.redis_client import make_redis  # the topology's class, by scheme
 
-            client = self._redis[url] = RedisClient(url)
+            client = self._redis[url] = make_redis(url)
             client.on_error = self.metrics.redis_errors.inc
         return client
+
+    async def check_cache(self) -> None:
+        """``serve``'s start: a cluster or sentinel cache URL that cannot work at all (no node
+        answers, no such master) stops it with ConfigError naming ``cache``."""
+        for client in self._redis.values():
+            await client.check()
 
     def start(self) -> None:
         """Background work of a serving process (the CLI runs none of it)."""

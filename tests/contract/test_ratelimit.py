@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.cache import RedisShared
 from gateway.config import RateLimit
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
+from tests.redis_topologies import TOPOLOGIES, flushed_url
 
-REDIS_URL = os.environ.get("AUTHGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
-
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *TOPOLOGIES])
 async def limiters(request):
-    """Two limiters sharing state, as two replicas would (memory: one process, one limiter)."""
+    """Two limiters sharing state, as two replicas would (memory: one process, one limiter);
+    on one Redis server, a Redis Cluster or a Sentinel-managed master."""
     if request.param == "memory":
         m = MemoryLimiter()
         yield m, m
         return
-    r = aioredis.from_url(REDIS_URL)
-    await r.flushdb()
-    await r.script_flush()  # as after a Redis restart: the limiter must load its script again
-    await r.aclose()
-    shared = [RedisShared(REDIS_URL), RedisShared(REDIS_URL)]
+    # flushed, scripts too: as after a Redis restart, the limiter must load its script again
+    url = await flushed_url(request, request.param)
+    shared = [RedisShared(url), RedisShared(url)]
+    failures: list[int] = []
+    for s in shared:  # the per-replica fallback must not be what passed the test
+        s.redis.on_error = lambda: failures.append(1)
     yield RedisLimiter(shared[0]), RedisLimiter(shared[1])
     for s in shared:
         await s.close()
+    assert not failures, "Redis failed during the test: the fallback answered"
 
 
 async def test_burst_of_n_then_refusal_with_retry_after(limiters):
@@ -53,11 +53,12 @@ async def test_concurrent_hits_from_two_replicas_never_exceed_the_limit(limiters
 async def test_all_limits_must_admit_and_none_is_charged_on_refusal(limiters):
     a, _ = limiters
     token, route = RateLimit(10, 60), RateLimit(2, 60)
-    got = [await a.hit([("t", token), ("r", route)]) for _ in range(3)]
+    # one hash tag for every key of one call (one slot on a cluster), as the pipeline does
+    got = [await a.hit([("t:{id1}", token), ("r:0:{id1}", route)]) for _ in range(3)]
     assert [g.admitted for g in got] == [True, True, False]
     assert got[2].limit == route  # the refusing policy is the one reported
     # the refused hit did not charge the token's own limit: 8 remain for other routes
-    other = [await a.hit([("t", token)]) for _ in range(9)]
+    other = [await a.hit([("t:{id1}", token)]) for _ in range(9)]
     assert sum(o.admitted for o in other) == 8
 
 
