@@ -196,6 +196,10 @@ class TokenStore(Protocol):
     # Subjects (SPEC §7 suspension, §3 creation_limit): gateway/subjects.py.
     async def insert_token_limited(self, record: TokenRecord, event: Event, limit: RateLimit,
                                    refused: Event) -> float | None: ...
+    async def rotate_token_limited(self, old_id: str, successor: TokenRecord,
+                                   grace_until: datetime, event: Event, limit: RateLimit,
+                                   refused: Event) -> tuple[TokenRecord | None, float | None]:
+        ...
     async def suspend_subject(self, subject: str, reason: str | None,
                               event: Event) -> tuple[Suspension | None, bool, list[Revoked]]: ...
     async def resume_subject(self, subject: str,

@@ -479,6 +479,30 @@ class SqlStore:
             await tx.execute(Q("insert_event"), *_event_row(event))
             return None
 
+    async def rotate_token_limited(self, old_id: str, successor: TokenRecord,
+                                   grace_until: datetime, event: Event, limit: RateLimit,
+                                   refused: Event) -> tuple[TokenRecord | None, float | None]:
+        """``rotate_token`` counted against ``limit`` like ``insert_token_limited`` (the
+        successor is a new token of the subject): (the old record, None) when rotated, (None,
+        seconds to wait) when refused by the limit (``refused`` recorded), (None, None) when
+        the token cannot be rotated (nothing written). Under the subject's lock, so exact."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(Q("lock_subject"), successor.subject)
+            since = event.at - timedelta(seconds=limit.window_s)
+            rows = await tx.fetch(Q("created_since"), successor.subject, since, limit.limit)
+            if len(rows) >= limit.limit:
+                if not await tx.fetch(Q("rotatable"), old_id, event.at):
+                    return None, None
+                await tx.execute(Q("insert_event"), *_event_row(refused))
+                frees = _when(rows[-1]["at"]) + timedelta(seconds=limit.window_s)
+                return None, max(0.0, (frees - event.at).total_seconds())
+            if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
+                return None, None
+            await self._insert(tx, successor)
+            await tx.execute(Q("insert_event"), *_event_row(event))
+            row = await tx.fetchrow(Q("get_token"), old_id)
+            return (_record(row) if row else None), None
+
     async def suspend_subject(self, subject: str, reason: str | None,
                               event: Event) -> tuple[Suspension | None, bool, list[Revoked]]:
         """Suspend ``subject`` (recording ``event``) unless it is already: (the suspension,

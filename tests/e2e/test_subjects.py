@@ -4,6 +4,7 @@ loopback, on both backend pairs; two replicas sharing PostgreSQL + Redis for the
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -188,14 +189,23 @@ async def test_the_creation_limit_answers_429_for_every_caller(start_gateway, ht
         assert "creation_limit" in r.json()["error_description"]
         assert 3500 <= int(r.headers["retry-after"]) <= 3600
     await create(http, gw, "bob")  # another subject has its own count
-    r = await http.post(f"{gw.admin}/v1/tokens/{mine['id']}/rotate", headers=ADMIN)
-    assert r.status_code == 201  # rotation replaces a token: not counted
+    # a rotation creates a token (its successor): with a grace, uncounted rotations would
+    # leave the subject ever more working tokens, so it is refused the same way
+    for headers in (bearer(me["token"]), ADMIN):
+        r = await http.post(f"{gw.admin}/v1/tokens/{mine['id']}/rotate", headers=headers,
+                            json={"grace_s": 86400})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "rate_limited"
+        assert "creation_limit" in r.json()["error_description"]
+        assert 3500 <= int(r.headers["retry-after"]) <= 3600
     events, _ = await gw.gateway.authority.events(type="rate_limited")
+    limited = {"reason": "creation_limit", "limit": "3/hour"}
     assert [(e.subject, e.actor, dict(e.details)) for e in events] == [
-        ("alice", f"self:{me['id']}", {"reason": "creation_limit", "limit": "3/hour"}),
-        ("alice", "admin:bootstrap", {"reason": "creation_limit", "limit": "3/hour"})]
+        ("alice", "admin:bootstrap", limited), ("alice", f"self:{me['id']}", limited),
+        ("alice", f"self:{me['id']}", limited), ("alice", "admin:bootstrap", limited)]
     r = await http.get(f"{gw.admin}/v1/tokens?subject=alice", headers=ADMIN)
-    assert len(r.json()["items"]) == 4  # three created and one rotation's successor
+    items = r.json()["items"]
+    assert len(items) == 3 and all(t["status"] == "active" for t in items)
 
 
 async def test_concurrent_creates_over_the_api_stop_exactly_at_the_limit(start_gateway, http):
@@ -230,12 +240,17 @@ def test_cli_suspend_resume_list_and_the_creation_limit(store_url, store):
     authgate("subjects", "suspend", store=store_url, check=2)
 
     env = {"AUTHGATE_CREATION_LIMIT": "1/day"}
-    authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url, env=env)
+    first = json.loads(authgate("tokens", "create", "--subject", "bob", "--name", "n", "--json",
+                                store=store_url, env=env).stdout)["id"]
     refused = authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url,
                        env=env, check=1)
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "creation_limit" in lines[0] and "retry in" in lines[0]
     assert refused.stdout == ""
+    refused = authgate("tokens", "rotate", first, "--grace", "24h", store=store_url,
+                       env=env, check=1)  # a rotation is a creation too
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "creation_limit" in lines[0] and refused.stdout == ""
     bad = authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url,
                    env={"AUTHGATE_CREATION_LIMIT": "5/fortnight"}, check=1)
     assert "creation_limit" in bad.stderr
