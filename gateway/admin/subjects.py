@@ -5,6 +5,10 @@
     GET  /v1/subjects/{subject}/suspension              200 the subject's suspension state
     GET  /v1/subjects/suspended   ?limit=&cursor=       suspended subjects, newest first
 
+``{subject}`` may hold ``/`` (``team/carol``), sent as is or as ``%2F``: the routes take the
+rest of the path up to the action (``{subject:path}``); ``/v1/subjects/suspended`` has no action
+suffix, so it never reaches them.
+
 Admin callers only: a self caller (authgate:self) gets 403, for its own subject too (suspension
 is the operator's brake on a subject, not the subject's to lift). The logic is in
 ``gateway.subjects``.
@@ -46,7 +50,7 @@ class SuspensionPage(BaseModel):
     next_cursor: str | None
 
 
-@router.post("/subjects/{subject}/suspend", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/suspend", response_model=SuspensionOut)
 async def suspend_subject(subject: str, who: CallerDep, auth: AuthDep,
                           body: SubjectBody | None = None) -> dict[str, Any]:
     """Refuse every token of the subject (401 invalid_token) until it is resumed; nothing is
@@ -56,7 +60,7 @@ async def suspend_subject(subject: str, who: CallerDep, auth: AuthDep,
     return subjects.public_suspension(subject, suspension)
 
 
-@router.post("/subjects/{subject}/resume", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/resume", response_model=SuspensionOut)
 async def resume_subject(subject: str, who: CallerDep, auth: AuthDep,
                          body: SubjectBody | None = None) -> dict[str, Any]:
     """End the subject's suspension: its tokens work again (idempotent)."""
@@ -76,7 +80,7 @@ async def suspended_subjects(who: CallerDep, auth: AuthDep, limit: m.PAGE_LIMIT 
             "next_cursor": nxt}
 
 
-@router.get("/subjects/{subject}/suspension", response_model=SuspensionOut)
+@router.get("/subjects/{subject:path}/suspension", response_model=SuspensionOut)
 async def subject_suspension(subject: str, who: CallerDep, auth: AuthDep) -> dict[str, Any]:
     """Whether the subject is suspended (any subject: one never suspended is not)."""
     require_admin(who)

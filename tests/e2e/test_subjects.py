@@ -332,3 +332,78 @@ async def test_suspension_reaches_every_replica_within_the_bound(start_gateway, 
                           cache=cache_url)))
     print(f"suspension via the CLI (redis) seen on every replica after {delay * 1000:.0f} ms")
     assert delay < 0.5
+
+
+# --- subjects with a slash, over raw HTTP (httpx would normalise the path) -------------------
+
+
+def raw(base: str, method: str, path: str, headers: dict[str, str],
+        body: str | None = None) -> tuple[int, Any]:
+    """One request with ``path`` sent byte for byte (``%2F`` stays ``%2F``)."""
+    import http.client
+    import json as json_
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        hdrs = {**headers, "Content-Type": "application/json"} if body is not None else headers
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json_.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+async def test_a_subject_with_a_slash_can_be_suspended_resumed_read_and_revoked(
+        start_gateway, http):
+    gw = await start(start_gateway)
+    carol = await create(http, gw, "team/carol")
+    me = await create(http, gw, "team/carol", "self", ["authgate:self", "read"])
+    other = await create(http, gw, "team/dave", "self", ["authgate:self", "read"])
+
+    async def call(method: str, path: str, headers: dict[str, str] = ADMIN,
+                   body: str | None = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(raw, gw.admin, method, path, headers, body)
+
+    for spelling in ("team%2Fcarol", "team/carol", "team%2fcarol"):
+        status, body = await call("POST", f"/v1/subjects/{spelling}/suspend", body="{}")
+        assert status == 200 and body["subject"] == "team/carol" and body["suspended"], body
+        r = await http.get(f"{gw.proxy}/echo", headers=bearer(carol["token"]))
+        assert r.status_code == 401
+        status, body = await call("GET", f"/v1/subjects/{spelling}/suspension")
+        assert status == 200 and body["suspended"] and body["subject"] == "team/carol"
+        # the list still routes to the list, and shows the subject
+        status, body = await call("GET", "/v1/subjects/suspended")
+        assert status == 200 and [s["subject"] for s in body["items"]] == ["team/carol"]
+        status, body = await call("POST", f"/v1/subjects/{spelling}/resume")
+        assert status == 200 and not body["suspended"] and body["subject"] == "team/carol"
+        status, body = await call("GET", f"/v1/subjects/{spelling}/suspension")
+        assert status == 200 and not body["suspended"]
+    # a subject named like the list's path segment is a subject like any other
+    status, body = await call("GET", "/v1/subjects/suspended/suspension")
+    assert status == 200 and body["subject"] == "suspended" and not body["suspended"]
+
+    # self callers: still 403 for suspension (their own subject too), and only their own
+    # subject's bulk revoke
+    for path in ("/v1/subjects/team%2Fcarol/suspend", "/v1/subjects/team/carol/resume"):
+        status, body = await call("POST", path, bearer(me["token"]))
+        assert status == 403, body
+    status, _ = await call("GET", "/v1/subjects/team%2Fcarol/suspension", bearer(me["token"]))
+    assert status == 403
+    status, _ = await call("GET", "/v1/subjects/suspended", bearer(me["token"]))
+    assert status == 403
+    status, body = await call("POST", "/v1/subjects/team%2Fcarol/revoke", bearer(other["token"]))
+    assert status == 403, body
+    status, body = await call("POST", "/v1/subjects/team%2Fcarol/revoke", body="{}")
+    assert status == 200 and body == {"revoked": 2}, body
+    r = await http.get(f"{gw.proxy}/echo", headers=bearer(carol["token"]))
+    assert r.status_code == 401
+    r = await http.get(f"{gw.proxy}/echo", headers=bearer(other["token"]))
+    assert r.status_code == 200  # team/dave untouched
+    status, body = await call("POST", "/v1/subjects/team/dave/revoke", bearer(other["token"]))
+    assert status == 200 and body == {"revoked": 1}, body
+    # an empty subject is bad input, not a route to something else
+    status, body = await call("POST", "/v1/subjects//suspend")
+    assert status == 422 and body["error"] == "invalid_request", (status, body)
