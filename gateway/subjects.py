@@ -100,6 +100,14 @@ async def resume(auth: TokenAuthority, actor: Actor, subject: str,
     return changed
 
 
+async def token_count(auth: TokenAuthority, subject: str) -> int:
+    """How many working tokens have exactly ``subject``. Subjects are exact strings (no case
+    folding, no Unicode normalisation, no trimming), so the suspend/resume answers show it: 0
+    means the suspension matches no token (``José`` vs ``josé``, NFC vs NFD, a trailing space)."""
+    check_text("subject", subject)
+    return await auth.store.count_subject_tokens(subject, auth.clock())
+
+
 async def status(auth: TokenAuthority, subject: str) -> Suspension | None:
     """The subject's suspension, None when it is not suspended."""
     check_text("subject", subject)

@@ -1,7 +1,7 @@
 """Subject suspension in the admin API (SPEC §7), and the creation limit's 429 (SPEC §3).
 
-    POST /v1/subjects/{subject}/suspend     {reason?}   200 the subject's suspension
-    POST /v1/subjects/{subject}/resume      {reason?}   200 the subject, not suspended
+    POST /v1/subjects/{subject}/suspend     {reason?}   200 the subject's suspension + tokens
+    POST /v1/subjects/{subject}/resume      {reason?}   200 the subject, not suspended + tokens
     GET  /v1/subjects/{subject}/suspension              200 the subject's suspension state
     GET  /v1/subjects/suspended   ?limit=&cursor=       suspended subjects, newest first
 
@@ -45,28 +45,34 @@ class SuspensionOut(BaseModel):
     actor: str | None
 
 
+class SuspensionChange(SuspensionOut):
+    tokens: int  # working tokens with exactly this subject: 0 means it matches none
+
+
 class SuspensionPage(BaseModel):
     items: list[SuspensionOut]
     next_cursor: str | None
 
 
-@router.post("/subjects/{subject:path}/suspend", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/suspend", response_model=SuspensionChange)
 async def suspend_subject(subject: str, who: CallerDep, auth: AuthDep,
                           body: SubjectBody | None = None) -> dict[str, Any]:
     """Refuse every token of the subject (401 invalid_token) until it is resumed; nothing is
     revoked. Idempotent: suspending a suspended subject changes nothing."""
     require_admin(who)
     suspension, _ = await subjects.suspend(auth, who.actor, subject, body.reason if body else None)
-    return subjects.public_suspension(subject, suspension)
+    return {**subjects.public_suspension(subject, suspension),
+            "tokens": await subjects.token_count(auth, subject)}
 
 
-@router.post("/subjects/{subject:path}/resume", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/resume", response_model=SuspensionChange)
 async def resume_subject(subject: str, who: CallerDep, auth: AuthDep,
                          body: SubjectBody | None = None) -> dict[str, Any]:
     """End the subject's suspension: its tokens work again (idempotent)."""
     require_admin(who)
     await subjects.resume(auth, who.actor, subject, body.reason if body else None)
-    return subjects.public_suspension(subject, None)
+    return {**subjects.public_suspension(subject, None),
+            "tokens": await subjects.token_count(auth, subject)}
 
 
 @router.get("/subjects/suspended", response_model=SuspensionPage)

@@ -190,3 +190,10 @@ ORDER BY at DESC LIMIT $3
 SELECT id FROM tokens WHERE id = $1 AND grace_until IS NULL
   AND (revoked_at IS NULL OR revoked_at > $2)
   AND (expires_at IS NULL OR expires_at > $2)
+
+-- name: count_subject_tokens
+-- How many working tokens (not revoked, not expired; a rotated-out one in its grace counts)
+-- have exactly this subject: a suspension's answer, so one that matches nothing shows.
+SELECT COUNT(*) AS n FROM tokens WHERE subject = $1
+  AND (revoked_at IS NULL OR revoked_at > $2)
+  AND (expires_at IS NULL OR expires_at > $2)

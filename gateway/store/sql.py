@@ -531,6 +531,11 @@ class SqlStore:
         row = await self.driver.fetchrow(Q("get_subject"), subject)
         return _suspension(row) if row else None
 
+    async def count_subject_tokens(self, subject: str, now: datetime) -> int:
+        """The working tokens whose subject is exactly ``subject`` (one indexed COUNT)."""
+        row = await self.driver.fetchrow(Q("count_subject_tokens"), subject, now)
+        return int(row["n"]) if row else 0
+
     async def list_suspended(self, limit: int,
                              after: tuple[datetime, str] | None = None) -> list[Suspension]:
         """Suspended subjects, most recently suspended first (then by subject, descending);

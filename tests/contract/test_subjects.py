@@ -285,3 +285,26 @@ async def test_without_a_creation_limit_nothing_is_counted(authority):
     for _ in range(30):
         await authority.create(CLI, subject="alice", name="n")
     assert (await authority.events(type="rate_limited"))[0] == []
+
+
+async def test_token_count_counts_working_tokens_of_exactly_the_subject(authority, clock):
+    """Subjects are exact strings: the count a suspension answers with shows one that matches
+    nothing (NFD vs NFC, case, a trailing space)."""
+    import unicodedata
+    nfc = unicodedata.normalize("NFC", "josé")
+    nfd = unicodedata.normalize("NFD", "josé")
+    assert nfc != nfd
+    live, _ = await authority.create(CLI, subject=nfc, name="a")
+    await authority.create(CLI, subject=nfc, name="b")
+    gone, _ = await authority.create(CLI, subject=nfc, name="c")
+    await authority.revoke(CLI, gone.id)
+    await authority.create(CLI, subject=nfc, name="d", expires_in=60)
+    await authority.rotate(CLI, live.id, grace=3600)  # the old one works on in its grace
+    clock.advance(seconds=120)  # "d" expired
+    assert await subjects.token_count(authority, nfc) == 3  # b, a's successor, a in its grace
+    for other in (nfd, "José", nfc + " ", "JOSÉ"):
+        assert await subjects.token_count(authority, other) == 0, other
+    clock.advance(hours=2)  # the grace ended
+    assert await subjects.token_count(authority, nfc) == 2
+    with pytest.raises(InvalidInput):
+        await subjects.token_count(authority, "x" * 201)

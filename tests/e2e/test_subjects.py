@@ -407,3 +407,42 @@ async def test_a_subject_with_a_slash_can_be_suspended_resumed_read_and_revoked(
     # an empty subject is bad input, not a route to something else
     status, body = await call("POST", "/v1/subjects//suspend")
     assert status == 422 and body["error"] == "invalid_request", (status, body)
+
+
+# --- a suspension that matches no token shows it (subjects are exact strings) ----------------
+
+
+async def test_suspend_and_resume_answer_how_many_tokens_have_exactly_the_subject(
+        start_gateway, http):
+    import unicodedata
+    gw = await start(start_gateway)
+    nfc, nfd = (unicodedata.normalize(f, "josé") for f in ("NFC", "NFD"))
+    await create(http, gw, nfc)
+    await create(http, gw, nfc, "two")
+    gone = await create(http, gw, nfc, "gone")
+    r = await http.post(f"{gw.admin}/v1/tokens/{gone['id']}/revoke", headers=ADMIN)
+    assert r.status_code == 200
+    url = f"{gw.admin}/v1/subjects"
+    for subject, tokens in ((nfc, 2), (nfd, 0), ("José", 0), (nfc + " ", 0), ("nobody", 0)):
+        r = await http.post(f"{url}/{quote(subject)}/suspend", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["subject"] == subject
+        assert r.json()["tokens"] == tokens and r.json()["suspended"], (subject, r.json())
+        r = await http.post(f"{url}/{quote(subject)}/resume", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["tokens"] == tokens and not r.json()["suspended"]
+    r = await http.get(f"{url}/{quote(nfc)}/suspension", headers=ADMIN)
+    assert "tokens" not in r.json()  # the state read is unchanged
+
+
+def test_cli_suspend_json_answers_the_token_count(store_url, store):
+    authgate("tokens", "create", "--subject", "alice", "--name", "n", store=store_url)
+    out = json.loads(authgate("subjects", "suspend", "alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 1 and out["suspended"] is True
+    out = json.loads(authgate("subjects", "resume", "alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 1 and out["suspended"] is False
+    out = json.loads(authgate("subjects", "suspend", "Alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 0
+    text = authgate("subjects", "suspend", "alice ", store=store_url)
+    assert text.stdout.strip() == "suspended alice"
+    assert "no working token has exactly the subject 'alice '" in text.stderr
+    quiet = authgate("subjects", "suspend", "alice", store=store_url)
+    assert quiet.stderr == ""
