@@ -3,8 +3,13 @@
     python bench/gateway_bench.py                      # full run, ~6 min on 2 cores
     python bench/gateway_bench.py --compare eb8d702    # and that revision's gateway, ~9 min
     python bench/gateway_bench.py --quick              # short rounds, for development
+    python bench/gateway_bench.py --cluster            # + a PostgreSQL + Redis Cluster row
     python bench/gateway_bench.py --variant 'assertion:AUTHGATE_IDENTITY_ASSERTION={"ttl_s":60}'
                                                        # + a row signing an identity assertion
+    python bench/gateway_bench.py --variant nolog:AUTHGATE_ACCESS_LOG=false
+                                                       # + a row without the access log
+    python bench/gateway_bench.py --workers 2          # + a row of serve --workers 2 (req/s
+                                                       #   per worker vs one process)
 
 Starts a 200-byte upstream, the baselines and one gateway process per backend pair (SQLite +
 memory, PostgreSQL + a private redis-server), then drives each in turn with wrk at 32, 256 and 1
@@ -114,6 +119,8 @@ class Bench:
 
     def gateways(self, tree: Tree, variants: list[tuple[str, dict[str, str]]]) -> None:
         backends = ["sqlite+memory"] + ([] if self.opts.skip_postgres else ["postgresql+redis"])
+        if self.opts.cluster and tree.path == ROOT and not self.opts.skip_postgres:
+            backends.append("postgresql+cluster")  # a private 3-node Redis Cluster
         for backend in backends:
             redis: Redis | None = None
             if backend == "sqlite+memory":
@@ -121,7 +128,8 @@ class Bench:
             else:
                 self.databases.append(f"authgate_bench_{secrets.token_hex(4)}")
                 store = pg_database("create", self.databases[-1])
-                redis = self.redis()  # one per gateway: its CPU is that gateway's alone
+                redis = self.cluster() if backend == "postgresql+cluster" else self.redis()
+                # (one per gateway: its CPU is that gateway's alone)
             script = self.tmp / f"{tree.label}-{backend}.lua"
             write_wrk_script(script, tree.create_tokens(store, 100))
             for suffix, extra in [("", {})] + (variants if backend == "sqlite+memory" else []):
@@ -142,6 +150,14 @@ class Bench:
         self.procs.append(r.proc)
         return r
 
+    def cluster(self) -> Redis:
+        """A private 3-node Redis Cluster (bench/cluster.py); its CPU is not in the redis
+        column (three processes), only the gateway's own."""
+        from cluster import own_cluster
+
+        url, _ = own_cluster(self.tmp, lambda name, args: self.launch(name, args))
+        return Redis(url, None)
+
     def setup(self) -> None:
         port = free_port()
         self.wait(port, self.launch("upstream", [PY, str(HERE / "servers.py"), "upstream",
@@ -158,6 +174,9 @@ class Bench:
             self.worktrees.append(add_worktree(self.opts.compare))
             trees.append(self.worktrees[-1])
         variants = [parse_variant(v) for v in self.opts.variant]
+        if self.opts.workers > 1:  # serve --workers N: its CPU is counted over its workers
+            variants.append((f"workers={self.opts.workers}",
+                             {"AUTHGATE_WORKERS": str(self.opts.workers)}))
         for tree in trees:
             tree.check()
             self.gateways(tree, variants if tree.path == ROOT else [])
@@ -181,10 +200,10 @@ class Bench:
     def measure(self, t: Target, conns: int) -> dict[str, float]:
         pid = t.proc.pid
         rpid = t.redis.pid if t.redis else None
-        cpu0, redis0 = cpu_seconds(pid), cpu_seconds(rpid)
+        cpu0, redis0 = cpu_with_children(pid), cpu_seconds(rpid)
         r = run_wrk(t.port, conns, self.opts.duration, t.script)
         n = max(r["requests"], 1)
-        r["cpu"] = (cpu_seconds(pid) - cpu0) / n * 1e6  # ms per 1,000 requests
+        r["cpu"] = (cpu_with_children(pid) - cpu0) / n * 1e6  # ms per 1,000 requests
         r["redis"] = (cpu_seconds(rpid) - redis0) / n * 1e6 if rpid else float("nan")
         return r
 
@@ -242,7 +261,21 @@ class Bench:
                       f"{m['p99/bare']:>8.2f} {m['+p50']:>8.3f} {m['cpu']:>6.1f} {redis_s:>6} "
                       f"{m['cpu/bare']:>8.2f}")
         self.compare_summary()
+        self.workers_summary()
         return out
+
+    def workers_summary(self) -> None:
+        """serve --workers N against one process: req/s per worker (1.0 = each worker serves as
+        much as one process alone; on a machine with fewer free cores than N, less)."""
+        n = self.opts.workers
+        multi = next((t for t in self.targets if t.variant == f"workers={n}"), None)
+        single = next((t for t in self.targets if t.name == "gateway sqlite+memory"), None)
+        if multi is None or single is None:
+            return
+        print(f"\nserve --workers {n} / one process (sqlite+memory; medians of same-round pairs)")
+        for conns in self.opts.conns:
+            total = self.paired(multi, conns, single, "rps")
+            print(f"  c={conns:<4} req/s {total:.2f}x in all, {total / n:.2f}x per worker")
 
     def compare_summary(self) -> None:
         if not self.worktrees:
@@ -311,6 +344,15 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def cpu_with_children(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (the workers of ``serve --workers``)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return cpu_seconds(pid) + sum(cpu_seconds(int(c)) for c in children)
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     label, _, pairs = text.partition(":")
     env = dict(p.split("=", 1) for p in pairs.split(",") if p)
@@ -337,6 +379,11 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--httpx-ref", action="store_true",
                     help="also measure a Starlette + httpx bare pass-through")
     ap.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="also a SQLite gateway run with serve --workers N, and its req/s per "
+                    "worker against one process")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also a PostgreSQL + Redis Cluster gateway (a private 3-node cluster)")
     opts = ap.parse_args(argv)
     opts.rounds = opts.rounds or (1 if opts.quick else 5)
     opts.duration = opts.duration or (2 if opts.quick else 5)

@@ -8,17 +8,21 @@ listeners' ASGI apps on them. ``Gateway.start`` / ``stop`` open and close all of
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
 from fastapi import FastAPI
 
+from gateway import reload
+from gateway.access_log import AccessLog
 from gateway.admin import build_admin_app
 from gateway.authority import TokenAuthority, utcnow
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.proxy import Forwarder, ProxyApp, open_forwarder
+from gateway.routes import Router
 from gateway.services import Services
 from gateway.store import SqlStore
 from gateway.usage import UsageRecorder
@@ -46,6 +50,7 @@ class Gateway:
                     clock: Callable[[], datetime] = utcnow) -> Gateway:
         services = await Services.open(settings, metrics, clock)
         try:
+            await services.check_cache()
             forwarder = open_forwarder(settings, services.router.upstreams, services.metrics,
                                        services.assertions)
             await forwarder.start()
@@ -57,7 +62,17 @@ class Gateway:
                                     services.assertions)
         await websockets.start()
         services.start()
+        services.access_log = AccessLog(services.metrics)
+        services.apply_access_log()
         return cls(services, forwarder, websockets)
+
+    async def reload(self, settings: Settings) -> Settings:
+        """SIGHUP: the forwarder gains pools for any upstream the new routes name (before a
+        request can be routed there), then the services take what may change
+        (``Services.reload``). Returns the settings in effect."""
+        merged = reload.merged(self.services.settings, settings)
+        await self.forwarder.add_upstreams(Router(merged).upstreams)
+        return self.services.reload(merged)
 
     async def stop(self) -> None:
         """Flush usage and close everything (graceful shutdown: nothing counted is lost)."""
@@ -67,6 +82,8 @@ class Gateway:
             await self.forwarder.close()
             if self.websockets is not None:
                 await self.websockets.close()
+            if self.services.access_log is not None:  # the last lines, written off the loop
+                await asyncio.to_thread(self.services.access_log.close)
 
     def admin_app(self) -> FastAPI:
         return build_admin_app(self.services)

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import tokens
 from gateway.config import RateLimit, Settings
+from gateway.credits import NamedLimit, check_credits, check_named_limits
 from gateway.errors import InvalidInput, NotFound, Refused
 from gateway.store import (
     Event,
@@ -30,7 +31,9 @@ from gateway.values import (
     MAX_GRACE_S,
     MAX_LIFETIME_S,
     MAX_PAGE,
+    MAX_RATE,
     MAX_TIME,
+    MAX_WINDOW_S,
     check_filter,
     check_limit,
     check_metadata,
@@ -77,7 +80,8 @@ def public_record(r: TokenRecord, now: datetime) -> dict[str, Any]:
     return {
         "id": r.id, "subject": r.subject, "name": r.name, "scopes": list(r.scopes),
         "family": r.family, "hint": r.hint,
-        "rate_limit": r.rate_limit.as_dict() if r.rate_limit else None,
+        "rate_limit": [n.as_dict() for n in r.named_limits] if r.named_limits
+        else r.rate_limit.as_dict() if r.rate_limit else None,
         "metadata": dict(r.metadata), "created_at": rfc3339(r.created_at),
         "expires_at": rfc3339(r.expires_at), "last_used_at": rfc3339(r.last_used_at),
         "last_used_ip": r.last_used_ip, "usage_count": r.usage_count,
@@ -85,7 +89,16 @@ def public_record(r: TokenRecord, now: datetime) -> dict[str, Any]:
         "revoked_reason": r.revoked_reason if r.is_revoked(now) else None,
         "rotated_from": r.rotated_from, "grace_until": rfc3339(r.grace_until),
         "status": r.status(now),
+        "credits": r.credits.as_dict() if r.credits is not None else None,
     }
+
+
+def check_limits(value: object) -> tuple[RateLimit | None, tuple[NamedLimit, ...]]:
+    """A token's ``rate_limit``: one limit (``"N/unit"``, ``{"limit", "window_s"}``), a list of
+    named limits (SPEC §13), or None (the default)."""
+    if isinstance(value, list | tuple):
+        return None, check_named_limits(value, MAX_RATE, MAX_WINDOW_S)
+    return check_rate_limit(value), ()
 
 
 def public_event(e: Event) -> dict[str, Any]:
@@ -144,15 +157,17 @@ class TokenAuthority:
     async def create(self, actor: Actor, *, subject: str, name: str, scopes: object = (),
                      role: str | None = None, expires_in: object = None,
                      expires_at: datetime | None = None, rate_limit: object = None,
-                     metadata: object = None, allow: Allow | None = None
-                     ) -> tuple[TokenRecord, str]:
+                     metadata: object = None, allow: Allow | None = None,
+                     credits: object = None) -> tuple[TokenRecord, str]:
         now = self.clock()
+        rate, named = check_limits(rate_limit)
         secret = tokens.generate(self.settings.token_prefix)
         record = TokenRecord(
             id=new_id("tok"), subject=check_text("subject", subject),
             name=check_text("name", name), scopes=self.scopes_for(scopes, role),
             family=new_id("fam"), token_hash=self.hash(secret.plaintext), hint=secret.hint,
-            created_at=now, rate_limit=check_rate_limit(rate_limit),
+            created_at=now, rate_limit=rate, named_limits=named,
+            credits=check_credits(credits, now),
             metadata=check_metadata(metadata), expires_at=self.expiry(now, expires_in, expires_at))
         if allow is not None:
             allow(None, record)
@@ -197,7 +212,9 @@ class TokenAuthority:
             elif key == "scopes":
                 clean[key] = tokens.normalise_scopes(value)
             elif key == "rate_limit":
-                clean[key] = check_rate_limit(value)
+                clean[key], clean["named_limits"] = check_limits(value)
+            elif key == "credits":
+                clean[key] = check_credits(value, self.clock())
             elif key == "metadata":
                 clean[key] = check_metadata(value)
             elif key == "expires_at":
@@ -205,7 +222,11 @@ class TokenAuthority:
             else:
                 raise InvalidInput(key, "cannot be changed")
         details: dict[str, Any] = {k: (str(v) if isinstance(v, RateLimit | datetime) else v)
-                   for k, v in clean.items() if k != "metadata"}
+                   for k, v in clean.items() if k not in ("metadata", "named_limits", "credits")}
+        if clean.get("named_limits"):
+            details["rate_limit"] = [n.as_dict() for n in clean["named_limits"]]
+        if "credits" in clean:
+            details["credits"] = clean["credits"].as_dict() if clean["credits"] else None
         record = await self.get(token_id)
         if allow is not None:
             allow(record, replace(record, **clean))
@@ -277,6 +298,7 @@ class TokenAuthority:
             id=new_id("tok"), subject=old.subject, name=old.name, scopes=old.scopes,
             family=old.family, token_hash=self.hash(secret.plaintext), hint=secret.hint,
             created_at=now, rate_limit=old.rate_limit, metadata=old.metadata,
+            named_limits=old.named_limits, credits=old.credits,
             expires_at=_successor_expiry(old, now, not_after), rotated_from=old.id)
         if allow is not None:
             allow(old, successor)

@@ -3,7 +3,9 @@
 - ``LocalCache``: two bounded LRUs, one for records and a small one for "no such token", so a
   flood of unknown tokens never evicts a valid one.
 - ``SharedCache``: the shared layer, chosen by the cache URL's scheme from ``SHARED``:
-  ``NullShared`` for ``memory://`` (nothing shared), ``RedisShared`` for ``redis://``.
+  ``NullShared`` for ``memory://`` (nothing shared), ``RedisShared`` for ``redis://`` (and
+  ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``: one interface, see
+  ``gateway.redis_client``).
 - ``RedisShared``: the shared layer for ``redis://``, and the revocation broadcast: a change
   bumps the token's version mark, deletes its entry and publishes its hash, and every replica
   drops it from its LRU. A replica clears its LRU when its subscription comes back after an
@@ -32,10 +34,12 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gateway.config import RateLimit
+from gateway.credits import Credits, NamedLimit
 from gateway.store import Revoked, TokenRecord
 
 if TYPE_CHECKING:
@@ -129,6 +133,8 @@ def record_to_json(r: TokenRecord) -> str:
         data[f] = data[f].isoformat() if data[f] else None
     data["rate_limit"] = r.rate_limit.as_dict() if r.rate_limit else None
     data["metadata"] = dict(r.metadata)
+    data["named_limits"] = [n.as_dict() for n in r.named_limits]
+    data["credits"] = None if r.credits is None else asdict(r.credits)
     return json.dumps(data)
 
 
@@ -138,6 +144,10 @@ def record_from_json(text: str | bytes) -> TokenRecord:
         data[f] = datetime.fromisoformat(data[f]) if data[f] else None
     data["scopes"] = tuple(data["scopes"])
     data["rate_limit"] = RateLimit(**data["rate_limit"]) if data["rate_limit"] else None
+    data["named_limits"] = tuple(
+        NamedLimit(n["name"], RateLimit(n["limit"], n["window_s"]))
+        for n in data.get("named_limits") or ())
+    data["credits"] = Credits(**data["credits"]) if data.get("credits") else None
     return TokenRecord(**data)
 
 
@@ -212,9 +222,9 @@ class RedisShared:
 
     def __init__(self, redis: RedisClient | str) -> None:
         if isinstance(redis, str):
-            from gateway.redis_client import RedisClient
+            from gateway.redis_client import make_redis
 
-            redis = RedisClient(redis)
+            redis = make_redis(redis)
             self._owned = True
         else:
             self._owned = False
@@ -255,14 +265,16 @@ class RedisShared:
         client = self.redis.client
 
         async def run() -> bool:
-            async with client.pipeline(transaction=False) as pipe:
-                for key in keys or ():
-                    entry, version = _keys(key)
-                    pipe.incr(version)  # before the delete: a racing fill lands before it or fails
-                    pipe.pexpire(version, int(VERSION_TTL_S * 1000))
-                    pipe.delete(entry)
-                pipe.publish(CHANNEL, json.dumps(list(keys) if keys is not None else "*"))
-                await pipe.execute()
+            if keys:
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        entry, version = _keys(key)
+                        pipe.incr(version)  # before the delete: a racing fill lands before
+                        pipe.pexpire(version, int(VERSION_TTL_S * 1000))  # it or fails
+                        pipe.delete(entry)
+                    await pipe.execute()
+            # On its own: a cluster pipeline refuses PUBLISH (redis-py); rare (admin actions).
+            await client.publish(CHANNEL, json.dumps(list(keys) if keys is not None else "*"))
             return True
         if keys is None:
             await self.redis.call(self._delete_all())
@@ -279,8 +291,7 @@ class RedisShared:
         lost = False
         while True:
             try:
-                async with self.redis.client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                async with self.redis.subscription(CHANNEL) as pubsub:
                     if lost:  # broadcasts may have been missed: forget everything local
                         on_message(None)
                         lost = False
@@ -305,6 +316,7 @@ SHARED: dict[str, Callable[[str, RedisFor], SharedCache]] = {
     "redis": lambda url, redis_for: RedisShared(redis_for(url)),
     "rediss": lambda url, redis_for: RedisShared(redis_for(url)),
     "redis+cluster": lambda url, redis_for: RedisShared(redis_for(url)),
+    "redis+sentinel": lambda url, redis_for: RedisShared(redis_for(url)),
 }
 
 

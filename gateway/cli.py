@@ -38,7 +38,7 @@ from gateway.cli_events import events
 from gateway.cli_keys import keys
 from gateway.cli_subjects import subjects
 from gateway.cli_tokens import tokens
-from gateway.config import load_settings
+from gateway.config import MAX_WORKERS, load_settings
 from gateway.store import SqlStore, make_store
 
 __all__ = ["_actor", "_print_json", "_settings", "exit_codes", "json_option", "main",
@@ -77,14 +77,19 @@ def main(config: str | None, store: str | None) -> None:
 @click.option("--admin-listen", metavar="HOST:PORT", help="Admin listener.")
 @click.option("--store", metavar="URL", help="Token store URL (AUTHGATE_STORE).")
 @click.option("--cache", metavar="URL", help="memory:// or redis://... (AUTHGATE_CACHE).")
-def serve(config: str | None, **flags: str | None) -> None:
-    """Run the proxy and admin listeners."""
+@click.option("--workers", metavar="N", type=click.IntRange(1, MAX_WORKERS),
+              help="Processes on the same listeners (AUTHGATE_WORKERS; default 1).")
+def serve(config: str | None, **flags: str | int | None) -> None:
+    """Run the proxy and admin listeners (SIGHUP reloads the config file)."""
     from gateway.server import run as run_server
 
     ctx = click.get_current_context()
     flags["store"] = option_value(ctx, "store")
+    config_file = option_value(ctx, "config")
     with exit_codes():
-        run_server(load_settings(option_value(ctx, "config"), flags=flags))
+        # SIGHUP reads the same file, environment and flags again (gateway.reload)
+        run_server(load_settings(config_file, flags=flags),
+                   reload=lambda: load_settings(config_file, flags=flags))
 
 
 @main.command()

@@ -12,6 +12,7 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -100,8 +101,10 @@ def exit_codes() -> Iterator[None]:
             click.echo(f"Error: config: {problem}", err=True)
         sys.exit(1)
     except InvalidInput as e:
-        option = _OPTION_FOR.get(e.field, "--" + e.field.replace("_", "-"))
-        raise click.BadParameter(e.message, param_hint=f"'{option}'") from None
+        head = re.split(r"[.\[]", e.field, maxsplit=1)[0]  # rate_limit[1].name: --rate-limit
+        option = _OPTION_FOR.get(head, "--" + head.replace("_", "-"))
+        message = e.message if head == e.field else f"{e.field}: {e.message}"
+        raise click.BadParameter(message, param_hint=f"'{option}'") from None
     except AuthgateError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
@@ -157,9 +160,9 @@ def _now() -> datetime:
 
 def _print_record(record: dict[str, Any]) -> None:
     for key, value in record.items():
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = " ".join(value) or "-"
-        elif isinstance(value, dict):
+        elif isinstance(value, list | dict):
             value = json.dumps(value) if value else "-"
         click.echo(f"{key:<15} {'-' if value is None else value}")
 

@@ -11,7 +11,6 @@ from gateway.cli_base import (
     COUNT,
     DURATION,
     PAIR,
-    RATE,
     _actor,
     _print_json,
     _print_record,
@@ -24,16 +23,34 @@ from gateway.cli_base import (
     store_options,
 )
 from gateway.cli_introspect import introspect
-from gateway.config import parse_rate_limit
+from gateway.credits import parse_cli_limits, parse_refill
 
 DEFAULT_RATE = "default"  # `tokens update --rate-limit default`: back to the configured default
+REFILL = _ValueType("refill", parse_refill)
+CREDITS = click.IntRange(0, 10**12)
 
 
-def _rate_or_default(text: str) -> Any:
-    return DEFAULT_RATE if text.strip().lower() == DEFAULT_RATE else parse_rate_limit(text)
+def _limits_option(texts: tuple[str, ...]) -> Any:
+    """``--rate-limit`` given once (``100/minute``, ``default`` on update) or as named limits
+    (``NAME=N/unit``, repeatable; SPEC §13); None when not given. Bad usage (exit 2) names the
+    option."""
+    if not texts:
+        return None
+    if len(texts) == 1 and texts[0].strip().lower() == DEFAULT_RATE:
+        return DEFAULT_RATE
+    try:
+        return parse_cli_limits(texts)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--rate-limit'") from None
 
 
-RATE_OR_DEFAULT = _ValueType("rate", _rate_or_default)
+def _credits_option(credits: int | None, refill: dict[str, Any] | None) -> dict[str, Any] | None:
+    if credits is None:
+        if refill is not None:
+            raise click.BadParameter("needs --credits (the balance to start from)",
+                                     param_hint="'--refill'")
+        return None
+    return {"remaining": credits, "refill": refill}
 
 
 @click.group()
@@ -47,19 +64,28 @@ def tokens() -> None:
 @click.option("--scope", "scopes", multiple=True, help="A scope to grant (repeatable).")
 @click.option("--role", help="A role from the config; adds its default scopes.")
 @click.option("--expires-in", type=DURATION, help="Lifetime, e.g. 30d, 12h, 90m.")
-@click.option("--rate-limit", type=RATE, help="Per-token limit, e.g. 100/minute.")
+@click.option("--rate-limit", "rate_limits", multiple=True,
+              help="Per-token limit, e.g. 100/minute; or named limits, each NAME=N/unit "
+                   "(repeatable: --rate-limit burst=10/second --rate-limit hourly=1000/hour).")
+@click.option("--credits", type=CREDITS, help="Usage credits: each admitted request costs 1.")
+@click.option("--refill", type=REFILL, help="Refill the credits to N, e.g. 1000/month or 100/day.")
 @click.option("--metadata", "metadata", type=PAIR, multiple=True, help="KEY=VALUE (repeatable).")
 @json_option
 @store_options
 @run
 async def create(auth: TokenAuthority, subject: str, name: str, scopes: tuple[str, ...],
-                 role: str | None, expires_in: int | None, rate_limit: Any,
+                 role: str | None, expires_in: int | None, rate_limits: tuple[str, ...],
+                 credits: int | None, refill: dict[str, Any] | None,
                  metadata: tuple[tuple[str, str], ...], as_json: bool, config: str | None,
                  store: str | None) -> None:
     """Create a token; its secret is printed once."""
+    rate_limit = _limits_option(rate_limits)
+    if rate_limit == DEFAULT_RATE:
+        raise click.BadParameter("'default' is for tokens update", param_hint="'--rate-limit'")
     record, secret = await auth.create(
         _actor(), subject=subject, name=name, scopes=list(scopes), role=role,
-        expires_in=expires_in, rate_limit=rate_limit, metadata=dict(metadata))
+        expires_in=expires_in, rate_limit=rate_limit, metadata=dict(metadata),
+        credits=_credits_option(credits, refill))
     data = public_record(record, auth.clock())
     if as_json:
         _print_json({**data, "token": secret})
@@ -126,8 +152,14 @@ async def show(auth: TokenAuthority, token_id: str, as_json: bool, config: str |
 @click.option("--name", help="A new label.")
 @click.option("--scope", "scopes", multiple=True,
               help="Replaces the token's scopes (repeatable).")
-@click.option("--rate-limit", type=RATE_OR_DEFAULT,
-              help="e.g. 100/minute; 'default' removes the token's own limit.")
+@click.option("--rate-limit", "rate_limits", multiple=True,
+              help="e.g. 100/minute, or named limits NAME=N/unit (repeatable); 'default' "
+                   "removes the token's own limits.")
+@click.option("--credits", type=CREDITS, help="A new credit balance (keeps the refill unless "
+                                               "--refill or --no-refill is given).")
+@click.option("--refill", type=REFILL, help="With --credits: refill to N, e.g. 1000/month.")
+@click.option("--no-refill", is_flag=True, help="With --credits: no refill.")
+@click.option("--no-credits", is_flag=True, help="Remove the token's credits.")
 @click.option("--expires-in", type=DURATION, help="Expire this long from now, e.g. 30d.")
 @click.option("--no-expiry", is_flag=True, help="Never expire.")
 @click.option("--metadata", "metadata", type=PAIR, multiple=True,
@@ -137,10 +169,23 @@ async def show(auth: TokenAuthority, token_id: str, as_json: bool, config: str |
 @store_options
 @run
 async def update(auth: TokenAuthority, token_id: str, name: str | None, scopes: tuple[str, ...],
-                 rate_limit: Any, expires_in: int | None, no_expiry: bool,
+                 rate_limits: tuple[str, ...], credits: int | None,
+                 refill: dict[str, Any] | None, no_refill: bool, no_credits: bool,
+                 expires_in: int | None, no_expiry: bool,
                  metadata: tuple[tuple[str, str], ...], no_metadata: bool, as_json: bool,
                  config: str | None, store: str | None) -> None:
     """Change a token in place (the admin API's PATCH): only the options given change."""
+    rate_limit = _limits_option(rate_limits)
+    if no_credits and (credits is not None or refill is not None or no_refill):
+        raise click.UsageError("give --no-credits alone, not with --credits or --refill")
+    if refill is not None and no_refill:
+        raise click.UsageError("give --refill or --no-refill, not both")
+    if no_refill and credits is None:
+        raise click.BadParameter("needs --credits", param_hint="'--no-refill'")
+    credit_change = _credits_option(credits, refill)
+    if credit_change is not None and refill is None and not no_refill:  # keep the refill
+        current = (await auth.get(token_id)).credits
+        credit_change["refill"] = current.as_dict()["refill"] if current else None
     if expires_in is not None and no_expiry:
         raise click.UsageError("give --expires-in or --no-expiry, not both")
     if metadata and no_metadata:
@@ -152,6 +197,8 @@ async def update(auth: TokenAuthority, token_id: str, name: str | None, scopes: 
         changes["scopes"] = list(scopes)
     if rate_limit is not None:
         changes["rate_limit"] = None if rate_limit == DEFAULT_RATE else rate_limit
+    if credit_change is not None or no_credits:
+        changes["credits"] = credit_change
     if expires_in is not None:
         changes["expires_at"] = auth.expiry(auth.clock(), expires_in)
     elif no_expiry:
@@ -160,7 +207,8 @@ async def update(auth: TokenAuthority, token_id: str, name: str | None, scopes: 
         changes["metadata"] = dict(metadata)
     if not changes:
         raise click.UsageError("nothing to change: give --name, --scope, --rate-limit, "
-                               "--expires-in, --no-expiry, --metadata or --no-metadata")
+                               "--credits, --no-credits, --expires-in, --no-expiry, "
+                               "--metadata or --no-metadata")
     data = public_record(await auth.update(_actor(), token_id, **changes), auth.clock())
     _print_json(data) if as_json else _print_record(data)
 
@@ -175,10 +223,11 @@ async def update(auth: TokenAuthority, token_id: str, name: str | None, scopes: 
 async def usage(auth: TokenAuthority, token_id: str, days: int, as_json: bool,
                 config: str | None, store: str | None) -> None:
     """Requests per UTC day and the most recent client addresses (as GET .../usage)."""
-    await auth.get(token_id)  # an unknown id fails, as in the API
+    record = await auth.get(token_id)  # an unknown id fails, as in the API
+    credits = record.credits.as_dict() if record.credits is not None else None
     per_day, ips = await auth.usage(token_id, days)
     if as_json:
-        _print_json({"token_id": token_id,
+        _print_json({"token_id": token_id, "credits": credits,
                      "days": [{"day": d.isoformat(), "requests": n} for d, n in per_day],
                      "last_ips": [{"ip": ip, "last_seen_at": rfc3339(at), "requests": n}
                                   for ip, at, n in ips]})
@@ -189,6 +238,8 @@ async def usage(auth: TokenAuthority, token_id: str, days: int, as_json: bool,
     click.echo("last client addresses:" if ips else "last client addresses: none yet")
     for ip, at, count in ips:
         click.echo(f"  {ip:<40} {rfc3339(at)}  {count}")
+    if record.credits is not None:
+        click.echo(f"credits: {record.credits}")
 
 
 @tokens.command()

@@ -112,6 +112,7 @@ _HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 # The forwarding clients (gateway.proxy.FORWARDERS builds them).
 FORWARDERS = ("aiohttp", "httpx")
+MAX_WORKERS = 64  # serve --workers: more is a typo, not a machine
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 
 
@@ -364,6 +365,8 @@ class Settings(_Strict):
     # Tokens created for one subject by any caller, counted in the store (SPEC §3); None = off.
     creation_limit: OptionalRateLimit = None
     alerts: Alerts | None = None  # monitoring and notifications (SPEC §12); off when null
+    access_log: bool = True  # one JSON line per proxied request on stdout (§6)
+    workers: int = Field(1, ge=1, le=MAX_WORKERS)  # serve --workers N: processes (§3)
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -381,8 +384,15 @@ class Settings(_Strict):
     @field_validator("cache")
     @classmethod
     def _cache(cls, v: str) -> str:
-        if not re.match(r"(memory://|rediss?://.+|redis\+cluster://.+)$", v):
-            raise ValueError("must be memory:// or redis://host:6379/0")
+        if v.startswith(("redis+cluster://", "redis+sentinel://")):
+            from gateway.redis_urls import parse_topology
+
+            parse_topology(v)  # ValueError: what is wrong with it, never the URL itself
+            return v
+        if not re.match(r"(memory://|rediss?://.+)$", v):
+            raise ValueError("must be memory://, redis://host:6379/0, "
+                             "redis+cluster://host1:6379,host2:6379/ or "
+                             "redis+sentinel://host1:26379/MASTER_NAME/DB")
         return v
 
     @field_validator("forwarder")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 Reason = Literal["no_credential", "invalid_token", "insufficient_scope", "rate_limited",
                  "unavailable", "upstream_error", "upstream_timeout", "bad_request",
-                 "invalid_request"]
+                 "invalid_request", "credits_exhausted"]
 Outcome = Literal["ok", Reason]
 REASONS: tuple[Reason, ...] = get_args(Reason)
 OUTCOMES: tuple[Outcome, ...] = ("ok", *REASONS)

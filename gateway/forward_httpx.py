@@ -100,13 +100,18 @@ class HttpxForwarder:
         self._extensions = {"timeout": {"pool": wait, "connect": wait, "read": self._timeout,
                                         "write": None}}
         tls = ssl.create_default_context()  # the system's trust store, as aiohttp's
-        for upstream in self._origins:
+        for upstream in self._origins.keys() - self._pools.keys():
             self._pools[upstream] = httpcore.AsyncConnectionPool(
                 ssl_context=tls, max_connections=proxy.POOL_SIZE, keepalive_expiry=_KEEPALIVE_S,
                 http1=True, http2=True)
 
     async def close(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self._pools.values()))
+
+    async def add_upstreams(self, upstreams: set[str]) -> None:
+        """Pools for upstreams a reload brought (existing pools stay as they are)."""
+        self._origins.update({u: _Origin(u) for u in upstreams - self._origins.keys()})
+        await self.start()
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:

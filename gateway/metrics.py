@@ -65,3 +65,6 @@ class Metrics:
         self.monitor_leader = Gauge(
             "authgate_monitor_leader", "1 while this replica runs the alert checks.",
             registry=r)
+        self.access_log_dropped = Counter(
+            "authgate_access_log_dropped_total",
+            "Access-log lines dropped because stdout did not keep up (or is gone).", registry=r)

@@ -36,7 +36,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
@@ -45,6 +45,7 @@ from gateway.addresses import ClientAddresses
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import RateLimit, Settings
+from gateway.credits import CreditKeeper, charge, retry_after_s
 from gateway.errors import Refusal, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.ratelimit import LimitResult, RateLimiter
@@ -54,6 +55,7 @@ from gateway.store import TokenRecord, TokenStore
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from gateway.access_log import AccessLog
     from gateway.imports.legacy import LegacyVerifier
 
 log = logging.getLogger("authgate.pipeline")
@@ -116,6 +118,20 @@ class Pipeline:
         self._addresses = trusted if trusted else None
         # client address -> monotonic time its failed-auth block ends (see the module docstring)
         self._blocked: OrderedDict[str | None, float] = OrderedDict()
+        self.credits = CreditKeeper(store, limiter)  # usage credits' leases (SPEC §13)
+
+    # The access log (gateway.access_log.AccessLog) when on; set by the services (serve only).
+    access_log: AccessLog | None = None
+
+    def reconfigure(self, settings: Settings, router: Router) -> None:
+        """A reload (``Services.reload``): the new settings' routes, limits and trusted proxies
+        from the next request on. Blocked addresses are forgotten when ``failed_auth_limit``
+        changed (each is re-learned on its next refused charge under the new limit)."""
+        if settings.failed_auth_limit != self.settings.failed_auth_limit:
+            self._blocked.clear()
+        trusted = ClientAddresses(settings.trusted_proxies)
+        self.settings, self.router = settings, router
+        self._addresses = trusted if trusted else None
 
     # --- shared entry points for every caller (proxy, forward auth, admin API) ---------------
 
@@ -234,7 +250,7 @@ class Pipeline:
     async def _public(self, route: MatchedRoute, ip: str | None) -> Decision:
         if route.rate_limit is None:
             return Decision(route)
-        result = await self.limiter.hit([(f"ip:{route.index}:{ip}", route.rate_limit)])
+        result = await self.limiter.hit([(f"ip:{route.index}:{{{ip}}}", route.rate_limit)])
         if not result.admitted:
             self.usage.event("rate_limited", "route", ip)
             raise Refusal(429, "rate_limited", "too many requests", limit=result,
@@ -283,7 +299,7 @@ class Pipeline:
             return
         limit = self.settings.failed_auth_limit
         if limit is not None:
-            result = await self.limiter.hit([(f"fail:{ip}", limit)])
+            result = await self.limiter.hit([(f"fail:{{{ip}}}", limit)])
             if not result.admitted:
                 self._block(ip, result.retry_after_s)
                 self._over_failed_limit(ip, result.retry_after_s)
@@ -292,12 +308,14 @@ class Pipeline:
 
     async def _limit(self, record: TokenRecord, route: MatchedRoute,
                      ip: str | None) -> LimitResult | None:
+        if record.named_limits or record.credits is not None:  # SPEC §13, else as before
+            return await self._quota(record, route, ip)
         limits: list[tuple[str, RateLimit]] = []
         own = record.rate_limit or self.settings.default_rate_limit
         if own is not None:
-            limits.append((f"t:{record.id}", own))
+            limits.append((f"t:{{{record.id}}}", own))
         if route.rate_limit is not None:
-            limits.append((f"r:{route.index}:{record.id}", route.rate_limit))
+            limits.append((f"r:{route.index}:{{{record.id}}}", route.rate_limit))
         if not limits:
             return None
         result = await self.limiter.hit(limits)
@@ -309,6 +327,50 @@ class Pipeline:
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
                           limit=result, retry_after=result.retry_after_s)
         return result
+
+    async def _quota(self, record: TokenRecord, route: MatchedRoute,
+                     ip: str | None) -> LimitResult | None:
+        """Named limits and credits (SPEC §13): every limit, then one credit, in one atomic
+        limiter call; an empty credit counter is refilled from the store (one lease) and the
+        call repeated."""
+        tag = f"{{{record.id}}}"  # a Redis Cluster hash tag: one slot for all of them
+        names: list[str] = []
+        limits: list[tuple[str, RateLimit]] = []
+        for named in record.named_limits:
+            names.append(named.name)
+            limits.append((f"t:{tag}:{named.name}", named.limit))
+        if not limits:
+            own = record.rate_limit or self.settings.default_rate_limit
+            if own is not None:
+                names.append("default")
+                limits.append((f"t:{tag}", own))
+        if route.rate_limit is not None:
+            names.append("route")
+            limits.append((f"r:{route.index}:{tag}", route.rate_limit))
+        credits = record.credits
+        now = self.clock()
+        try:
+            result = await charge(self.limiter, self.credits, record.id, limits, credits, now)
+        except StoreUnavailable:
+            raise Refusal(503, "unavailable", "the token store is unreachable; retry "
+                          "shortly", retry_after=5) from None
+        if record.named_limits and limits:
+            result = replace(result, named=tuple(
+                (name, limit, *part) for name, (_, limit), part in
+                zip(names, limits, result.parts, strict=True)))
+        shown = result if limits else None
+        if result.short:
+            self.usage.event("rate_limited", "credits", ip, record.id, record.subject)
+            raise Refusal(429, "credits_exhausted", "the token's credits are used up",
+                          limit=shown, retry_after=retry_after_s(credits, now)
+                          if credits is not None else None)
+        if not result.admitted:
+            which = "route" if route.rate_limit is not None and \
+                result.index == len(limits) - 1 else "token"
+            self.usage.event("rate_limited", which, ip, record.id, record.subject)
+            raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
+                          limit=shown, retry_after=result.retry_after_s)
+        return shown
 
 
 _UNUSABLE = {"revoked": "the token has been revoked", "expired": "the token has expired",

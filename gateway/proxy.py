@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from gateway import responses
+from gateway.access_log import Entry, route_of
 from gateway.config import Settings
 from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
@@ -264,8 +265,13 @@ class AiohttpForwarder:
         self._metrics = metrics
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
+    async def add_upstreams(self, upstreams: set[str]) -> None:
+        """Pools for upstreams a reload brought (existing pools stay as they are)."""
+        self._upstreams = self._upstreams | upstreams
+        await self.start()
+
     async def start(self) -> None:
-        for upstream in self._upstreams:
+        for upstream in self._upstreams - self._sessions.keys():
             connector = aiohttp.TCPConnector(limit=POOL_SIZE, ttl_dns_cache=60)
             self._sessions[upstream] = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, skip_auto_headers=_NOT_OURS,
@@ -353,6 +359,9 @@ class Forwarder(Protocol):
 
     async def close(self) -> None: ...
 
+    async def add_upstreams(self, upstreams: set[str]) -> None:
+        """Pools for upstreams a reload (SIGHUP) brought; existing ones stay."""
+
     async def forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
         """Send the request upstream and stream the answer back, adding ``extra_headers`` to
@@ -419,6 +428,10 @@ class ProxyApp:
         started = time.perf_counter()
         request_id = request_id_of(scope)
         client = scope.get("client")
+        entry = None
+        if self._pipeline.access_log is not None:  # off: one attribute test
+            entry = Entry(self._pipeline.access_log, scope, receive, send, started, request_id)
+            receive, send = entry.receive, entry.send
         try:
             raw_path = scope.get("raw_path")
             path = raw_path.decode("latin-1") if raw_path else scope["path"]
@@ -428,9 +441,13 @@ class ProxyApp:
             status, headers, body = responses.refusal(refusal)
             await responses.send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
             self._observe(refusal.reason, started)
+            if entry is not None:
+                self._log(entry, refusal.reason, ip)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
         extra.append((b"x-request-id", request_id))
+        if entry is not None:
+            entry.forwarding(decision)
         try:
             await self._forwarder.forward(scope, receive, send, decision, extra, request_id)
         except UpstreamError as e:
@@ -440,9 +457,22 @@ class ProxyApp:
                 headers.append((b"connection", b"close"))
             await responses.send_json(send, status, body, headers)
             self._observe(e.reason, started)
+            if entry is not None:
+                self._log(entry, e.reason, ip)
             return
         self._observe("ok", started)
+        if entry is not None:
+            self._log(entry, "ok", ip)
 
     def _observe(self, outcome: Outcome, started: float) -> None:
         self._metrics.outcome[outcome].inc()
         self._metrics.request_seconds.observe(time.perf_counter() - started)
+
+    def _log(self, entry: Entry, outcome: Outcome, ip: str | None) -> None:
+        """The request's end, with the access log on: one line queued (gateway.access_log)."""
+        if entry.decision is None:  # refused: which route it was judged under
+            raw_path = entry.scope.get("raw_path")
+            entry.route = route_of(self._pipeline.router, entry.scope["method"],
+                                   raw_path.decode("latin-1") if raw_path
+                                   else entry.scope["path"])
+        entry.log.record(entry, outcome, ip)

@@ -37,6 +37,8 @@ def error_json(code: str, description: str) -> bytes:
 
 
 def rate_limit_headers(result: LimitResult) -> Headers:
+    if result.named:  # SPEC §13: every named limit by name; X-RateLimit-* the tightest
+        return _named_headers(result)
     q, w = result.limit.limit, result.limit.window_s
     r, t = result.remaining, result.reset_s
     return [
@@ -45,6 +47,18 @@ def rate_limit_headers(result: LimitResult) -> Headers:
         (b"x-ratelimit-limit", str(q).encode()),
         (b"x-ratelimit-remaining", str(r).encode()),
         (b"x-ratelimit-reset", str(t).encode()),
+    ]
+
+
+def _named_headers(result: LimitResult) -> Headers:
+    policy = ", ".join(f'"{n}";q={lim.limit};w={lim.window_s}' for n, lim, _, _ in result.named)
+    state = ", ".join(f'"{n}";r={r};t={t}' for n, _, r, t in result.named)
+    return [
+        (b"ratelimit-policy", policy.encode()),
+        (b"ratelimit", state.encode()),
+        (b"x-ratelimit-limit", str(result.limit.limit).encode()),
+        (b"x-ratelimit-remaining", str(result.remaining).encode()),
+        (b"x-ratelimit-reset", str(result.reset_s).encode()),
     ]
 
 
@@ -88,6 +102,8 @@ def render_refusal(refusal: Refusal) -> tuple[int, Headers, dict[str, str]]:
         if refusal.scope:
             challenge += f', scope="{refusal.scope}"'
         headers.append((b"www-authenticate", challenge.encode()))
+    elif refusal.reason == "credits_exhausted":  # a 429 that says why (SPEC §13)
+        error = refusal.reason
     else:
         error = _ERROR_BY_STATUS.get(refusal.status, refusal.reason)
     if refusal.limit is not None:

@@ -51,6 +51,7 @@ class MatchedRoute:
     auth_required: bool
     upstream: str
     rate_limit: RateLimit | None
+    pattern: str = "default"  # the route's ``path`` as configured (the access log names it)
 
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -149,7 +150,7 @@ class Router:
     def __init__(self, settings: Settings) -> None:
         self._routes = [
             (r, MatchedRoute(i, r.scopes, r.auth == "required", r.upstream or settings.upstream,
-                             r.rate_limit))
+                             r.rate_limit, r.path))
             for i, r in enumerate(settings.routes)]
         self._default = MatchedRoute(-1, (), True, settings.upstream, None)
         # Only a route with `methods` makes the method matter (and an override worth judging).

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
@@ -24,6 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.app import Gateway
 from gateway.config import Settings, split_hostport
 from gateway.proxy import ON_DISCONNECT
+from gateway.reload import Reloads
 from gateway.responses import error_json
 from gateway.websocket import MAX_MESSAGE_BYTES, BoundedWebSocketProtocol
 
@@ -169,8 +171,14 @@ def _config(app: Callable[..., Awaitable[None]], listen: str, loop: str) -> uvic
 
 
 async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
-                loop: str = "uvloop", shutdown: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or ``shutdown`` is set, for callers that embed it)."""
+                loop: str = "uvloop", shutdown: asyncio.Event | None = None,
+                sockets: tuple[socket.socket, socket.socket] | None = None,
+                reload: Callable[[], Settings] | None = None, announce: bool = True) -> None:
+    """Serve until SIGTERM/SIGINT (or ``shutdown`` is set, for callers that embed it).
+
+    ``sockets``: the proxy and admin listeners, already bound (``serve --workers``: the parent
+    binds them once, gateway.workers). ``reload``: what SIGHUP calls to read the config again
+    (gateway.reload)."""
     gateway = await Gateway.start(settings)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # scans, and collect the young generation less often (fewer pauses on the hot path).
@@ -187,36 +195,50 @@ async def serve(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] 
     running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, stop)
+    reloads = Reloads(gateway, reload)
+    if reload is not None:
+        running.add_signal_handler(signal.SIGHUP, reloads.request)
     watcher = asyncio.create_task(shutdown.wait()) if shutdown else None
     if watcher is not None:
         watcher.add_done_callback(lambda _: stop())
     try:
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        listeners: list[list[socket.socket] | None] = \
+            [None, None] if sockets is None else [[sock] for sock in sockets]
+        tasks = [asyncio.create_task(s.serve(sockets=sock))
+                 for s, sock in zip(servers, listeners, strict=True)]
         while not all(s.started for s in servers):
             if any(t.done() for t in tasks):  # a listener failed to bind
                 stop()
                 break
             await asyncio.sleep(0.02)
         else:
-            log.warning("authgate proxy on %s, admin on %s", settings.listen,
-                        settings.admin_listen)
+            if announce:
+                log.warning("authgate proxy on %s, admin on %s", settings.listen,
+                            settings.admin_listen)
             if ready is not None:
                 await ready(gateway)
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if watcher is not None:
             watcher.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             running.remove_signal_handler(sig)
+        await reloads.close()
         await gateway.stop()
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed or not all(s.started for s in servers):
         raise SystemExit(1)
 
 
-def run(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None) -> None:
+def run(settings: Settings, ready: Callable[[Gateway], Awaitable[None]] | None = None,
+        reload: Callable[[], Settings] | None = None) -> None:
+    """``authgate serve``: one process, or ``settings.workers`` of them (gateway.workers)."""
     import uvloop
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    if settings.workers > 1:
+        from gateway.workers import supervise
+
+        raise SystemExit(supervise(settings, reload))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, ready))
+        runner.run(serve(settings, ready, reload=reload))

@@ -18,7 +18,8 @@ Optional services, built (and imported) only when configured:
                                              in ``start`` only: the CLI runs it by hand)
 
 A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
-here on first use and closed here. ``serve`` (proxy + admin listeners), the CLI (store and
+here on first use and closed here (the class for the URL's topology: ``redis_client.CLIENTS``;
+``serve`` first runs ``check_cache``). ``serve`` (proxy + admin listeners), the CLI (store and
 authority only, no background work) and an in-process middleware all build the same object.
 """
 
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from gateway import reload
 from gateway.authority import TokenAuthority, utcnow
 from gateway.cache import LocalCache, SharedCache, TokenCache, make_shared
 from gateway.config import Settings
@@ -43,12 +46,14 @@ from gateway.store import STATUSES, SqlStore, open_store
 from gateway.usage import UsageRecorder
 
 if TYPE_CHECKING:
+    from gateway.access_log import AccessLog
     from gateway.assertion import Assertions
     from gateway.imports.legacy import LegacyVerifier
     from gateway.monitor import Watcher
     from gateway.redis_client import RedisClient
 
 TOKEN_GAUGE_INTERVAL_S = 30
+log = logging.getLogger("authgate")
 
 
 class Services:
@@ -93,12 +98,14 @@ class Services:
                 time.time if clock is utcnow else lambda: clock().timestamp()))
         self.monitor: Watcher | None = None
         if settings.alerts is not None:
-            from gateway.monitor import Watcher  # off the request path; nothing when null
-
-            self.monitor = Watcher(settings.alerts, store, self.authority, self.metrics, clock)
-            self.authority.on_replay = self.monitor.replayed  # raised where it happens
+            self._make_monitor(settings)
         self._started = False
         self._gauge_task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()  # watchers turned off by a reload
+        # Called with the new settings after each reload (SIGHUP), e.g. the alerts watcher's.
+        self.on_reload: list[Callable[[Settings], object]] = [self._reload_monitor]
+        # The access log's writer: made by ``serve`` (gateway.app), not by the CLI or middleware.
+        self.access_log: AccessLog | None = None
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics | None = None,
@@ -135,11 +142,17 @@ class Services:
         """The process's Redis client for ``url``: one, whoever asks (cache and limiter)."""
         client = self._redis.get(url)
         if client is None:
-            from gateway.redis_client import RedisClient
+            from gateway.redis_client import make_redis  # the topology's class, by scheme
 
-            client = self._redis[url] = RedisClient(url)
+            client = self._redis[url] = make_redis(url)
             client.on_error = self.metrics.redis_errors.inc
         return client
+
+    async def check_cache(self) -> None:
+        """``serve``'s start: a cluster or sentinel cache URL that cannot work at all (no node
+        answers, no such master) stops it with ConfigError naming ``cache``."""
+        for client in self._redis.values():
+            await client.check()
 
     def start(self) -> None:
         """Background work of a serving process (the CLI runs none of it)."""
@@ -161,6 +174,8 @@ class Services:
             await asyncio.gather(self._gauge_task, return_exceptions=True)
         if self.monitor is not None:
             await self.monitor.stop()  # hands the watcher's lease over at once
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         try:
             await self.usage.stop()
         finally:
@@ -174,6 +189,67 @@ class Services:
             for client in self._redis.values():
                 await client.close()
             await self.store.close()
+
+    def _make_monitor(self, settings: Settings) -> Watcher:
+        from gateway.monitor import Watcher  # off the request path; nothing when null
+
+        assert settings.alerts is not None
+        monitor = self.monitor = Watcher(settings.alerts, self.store, self.authority,
+                                         self.metrics, self.clock)
+        self.authority.on_replay = monitor.replayed  # raised where it happens
+        return monitor
+
+    def _reload_monitor(self, settings: Settings) -> None:
+        """``alerts`` on reload: a changed config goes to the running watcher; turned on, a
+        watcher starts (in a serving process); turned off, the running one stops (handing its
+        lease over) in the background."""
+        if settings.alerts is not None:
+            if self.monitor is not None:
+                self.monitor.reconfigure(settings.alerts)
+                return
+            monitor = self._make_monitor(settings)
+            if self._started:
+                monitor.start()
+        elif self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            self.authority.on_replay = None
+            if self._started:
+                task = asyncio.get_running_loop().create_task(monitor.stop())
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    def reload(self, settings: Settings) -> Settings:
+        """Take what a reload may change (``gateway.reload.RELOADABLE``: routes, roles,
+        limits, trusted proxies, alerts, the access log) from ``settings``; keep the rest.
+        Swaps the router, the pipeline's settings-derived fields and the access log, then calls
+        each ``on_reload`` hook with the settings in effect, which it returns. A request in
+        flight finishes on what it started with."""
+        merged = reload.merged(self.settings, settings)
+        router = Router(merged)
+        self.settings = merged
+        self.router = router
+        self.authority.settings = merged  # roles
+        self.pipeline.reconfigure(merged, router)
+        self.apply_access_log()
+        for hook in self.on_reload:
+            try:
+                hook(merged)
+            except Exception as e:  # one failing hook must not keep the others from the news
+                log.error("reload: a hook failed (%s: %s)", getattr(hook, "__qualname__", hook),
+                          type(e).__name__)
+        return merged
+
+    def apply_access_log(self) -> None:
+        """Point the pipeline at the access log when ``access_log`` is on (and ``serve`` made
+        one)."""
+        log = self.access_log
+        if log is None:
+            return
+        if self.settings.access_log:
+            log.start()
+            self.pipeline.access_log = log
+        else:
+            self.pipeline.access_log = None
 
     async def _refresh_token_gauge(self) -> None:
         while True:

@@ -20,6 +20,7 @@ import pytest
 from gateway.authority import TokenAuthority
 from gateway.config import Settings
 from gateway.store import SqlStore, make_store
+from tests.redis_topologies import redis_cluster, redis_sentinel  # noqa: F401 - session fixtures
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 _STARTED = time.time()

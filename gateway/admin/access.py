@@ -20,7 +20,11 @@ the token it would leave behind must be within the same bounds:
     longer-lived ends later: expires_at, or the end of a rotation grace; no expiry = never ends
     faster       admits more than the caller in some window: a limit of N per W admits a burst of
                  N, then N/W a second, so a token is faster when its burst or its rate is higher
-                 (its own limit, else default_rate_limit); no limit at all = infinitely fast
+                 (its own limit, else default_rate_limit); no limit at all = infinitely fast.
+                 Named limits (SPEC §13): for each of the caller's limits, the token must have
+                 one no faster than it by that rule (so it is held wherever the caller is)
+    more credits a higher balance than the caller's, or a refill the caller lacks, of a higher
+                 amount or more often; a caller without credits may grant any
 
 Revoking and deleting a token of its own subject (one, a family, or all of them) is always
 allowed, however wide the token: SPEC forbids a self caller to "rotate, change or re-limit" a
@@ -40,6 +44,7 @@ from starlette.requests import Request
 from gateway import tokens
 from gateway.authority import Actor, Allow, rfc3339
 from gateway.config import RateLimit
+from gateway.credits import Credits
 from gateway.errors import ADMIN_SCOPE, Forbidden, NotFound, Refusal
 from gateway.pipeline import Pipeline, extract_credential
 from gateway.store import TokenRecord
@@ -56,6 +61,8 @@ class Caller:
     ends_at: datetime | None = None  # a self caller's end (expiry or grace end); None: never
     rate: RateLimit | None = None  # a self caller's effective rate limit; None: unlimited
     default_rate: RateLimit | None = None  # default_rate_limit, for tokens without their own
+    limits: tuple[RateLimit, ...] = ()  # a self caller's limits, named or one; () unlimited
+    credits: Credits | None = None  # a self caller's credits; None: unlimited
 
 
 async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | None) -> Caller:
@@ -79,7 +86,8 @@ async def authenticate(request: Request, pipeline: Pipeline, admin_token: str | 
         default = pipeline.settings.default_rate_limit
         return Caller(Actor(f"self:{record.id}", ip, user_agent), admin=False,
                       subject=record.subject, scopes=record.scopes, ends_at=_end(record),
-                      rate=record.rate_limit or default, default_rate=default)
+                      rate=record.rate_limit or default, default_rate=default,
+                      limits=_limits(record, default), credits=record.credits)
     pipeline.usage.event("access_denied", "admin_api", ip, record.id, record.subject)
     raise Forbidden(f"the token needs scope {ADMIN_SCOPE} or {SELF_SCOPE}")
 
@@ -142,10 +150,45 @@ def _within(caller: Caller, record: TokenRecord, what: str, expiry_field: str) -
         raise Forbidden(f"{expiry_field}: {who} that outlives it ({what} "
                         f"{'never expires' if end is None else 'ends ' + str(rfc3339(end))}, "
                         f"the caller {rfc3339(caller.ends_at)})")
-    rate = record.rate_limit or caller.default_rate
-    if _faster(rate, caller.rate):
+    limits = _limits(record, caller.default_rate)
+    if _faster_than_all(limits, caller.limits):
         raise Forbidden(f"rate_limit: {who} faster than itself ({what} "
-                        f"{rate or 'is unlimited'}, the caller {caller.rate})")
+                        f"{_describe(limits)}, the caller {_describe(caller.limits)})")
+    if _more_credits(record.credits, caller.credits):
+        raise Forbidden(f"credits: {who} with more credits than itself ({what} "
+                        f"{record.credits or 'unlimited'}, the caller {caller.credits})")
+
+
+def _limits(record: TokenRecord, default: RateLimit | None) -> tuple[RateLimit, ...]:
+    """What limits a token's requests: its named limits, else its own or the default."""
+    if record.named_limits:
+        return tuple(n.limit for n in record.named_limits)
+    own = record.rate_limit or default
+    return () if own is None else (own,)
+
+
+def _describe(limits: tuple[RateLimit, ...]) -> str:
+    return ", ".join(map(str, limits)) if limits else "is unlimited"
+
+
+def _faster_than_all(limits: tuple[RateLimit, ...], than: tuple[RateLimit, ...]) -> bool:
+    """Named limits (SPEC §13): a token is no faster than the caller when, for every limit of
+    the caller, it has a limit of its own that is no faster than that one (the N/W rule of
+    ``_faster``): then it is held wherever the caller is held. One limit each: ``_faster``."""
+    return any(all(_faster(mine, theirs) for mine in limits) for theirs in than)
+
+
+def _more_credits(credits: Credits | None, than: Credits | None) -> bool:
+    """More credits than the caller: a higher balance, or a refill the caller lacks, of a
+    higher amount, or more often (daily where the caller's is monthly)."""
+    if than is None:
+        return False
+    if credits is None or credits.remaining > than.remaining:
+        return True
+    if credits.refill_amount is None:
+        return False
+    return (than.refill_amount is None or credits.refill_amount > than.refill_amount
+            or (credits.refill_interval == "day" and than.refill_interval == "month"))
 
 
 def _end(record: TokenRecord) -> datetime | None:

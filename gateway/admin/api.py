@@ -109,7 +109,13 @@ async def _own(auth: TokenAuthority, who: Caller, token_id: str) -> TokenRecord:
 
 
 def _rate(value: Any) -> Any:
+    if isinstance(value, list):  # named limits (SPEC §13)
+        return [v.model_dump() for v in value]
     return value.model_dump() if isinstance(value, m.RateLimitIn) else value
+
+
+def _credits(value: m.CreditsIn | None) -> dict[str, Any] | None:
+    return None if value is None else value.model_dump()
 
 
 def _presentable(auth: TokenAuthority, allow: Allow | None) -> Allow:
@@ -138,7 +144,7 @@ async def create_token(body: m.TokenCreate, who: CallerDep, auth: AuthDep) -> di
         who.actor, subject=body.subject, name=body.name, scopes=scopes,
         expires_in=body.expires_in, expires_at=body.expires_at,
         rate_limit=_rate(body.rate_limit), metadata=body.metadata,
-        allow=_presentable(auth, allow))
+        allow=_presentable(auth, allow), credits=_credits(body.credits))
     return _out(auth, record, secret)
 
 
@@ -181,6 +187,8 @@ async def update_token(token_id: str, body: m.TokenUpdate, who: CallerDep,
     changes = {k: getattr(body, k) for k in body.model_fields_set}
     if "rate_limit" in changes:
         changes["rate_limit"] = _rate(changes["rate_limit"])
+    if "credits" in changes:
+        changes["credits"] = _credits(changes["credits"])
     return _out(auth, await auth.update(who.actor, token_id, allow=bounded(who), **changes))
 
 
@@ -215,9 +223,10 @@ async def rotate_token(token_id: str, who: CallerDep, auth: AuthDep,
 async def token_usage(token_id: str, who: CallerDep, auth: AuthDep,
                       days: Annotated[int, Query(ge=1, le=366)] = 30) -> dict[str, Any]:
     """Requests per UTC day for the last `days` days and the most recent client addresses."""
-    await _own(auth, who, token_id)
+    record = await _own(auth, who, token_id)
     per_day, ips = await auth.usage(token_id, days)
     return {"token_id": token_id,
+            "credits": record.credits.as_dict() if record.credits is not None else None,
             "days": [{"day": d, "requests": n} for d, n in per_day],
             "last_ips": [{"ip": ip, "last_seen_at": rfc3339(at), "requests": n}
                          for ip, at, n in ips]}

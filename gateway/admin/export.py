@@ -19,7 +19,8 @@ from gateway.config import RateLimit
 
 TOKEN_COLUMNS = ("id", "subject", "name", "status", "scopes", "family", "hint", "rate_limit",
                  "metadata", "created_at", "expires_at", "last_used_at", "last_used_ip",
-                 "usage_count", "revoked_at", "revoked_reason", "rotated_from", "grace_until")
+                 "usage_count", "revoked_at", "revoked_reason", "rotated_from", "grace_until",
+                 "credits_remaining", "credits_refill")
 EVENT_COLUMNS = ("id", "at", "type", "token_id", "subject", "actor", "ip", "user_agent",
                  "details")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -43,7 +44,18 @@ def cell(value: Any) -> str:
 
 
 def _rate(value: Any) -> Any:
+    if isinstance(value, list):  # named limits: "burst=10/second hourly=1000/hour"
+        return " ".join(f"{v['name']}={RateLimit(v['limit'], v['window_s'])}" for v in value)
     return str(RateLimit(**value)) if isinstance(value, dict) else value  # "100/minute"
+
+
+def _credit_cells(credits: dict[str, Any] | None) -> dict[str, Any]:
+    """The record's ``credits`` as two cells: the balance, and the refill as "1000/month"."""
+    if not credits:
+        return {"credits_remaining": None, "credits_refill": None}
+    refill = credits["refill"]
+    return {"credits_remaining": credits["remaining"],
+            "credits_refill": f"{refill['amount']}/{refill['interval']}" if refill else None}
 
 
 async def _lines(rows: AsyncIterator[dict[str, Any]], columns: tuple[str, ...]
@@ -55,6 +67,8 @@ async def _lines(rows: AsyncIterator[dict[str, Any]], columns: tuple[str, ...]
     async for row in rows:
         if "rate_limit" in row:
             row = {**row, "rate_limit": _rate(row["rate_limit"])}
+        if "credits" in row:
+            row = {**row, **_credit_cells(row["credits"])}
         writer.writerow([cell(row.get(c)) for c in columns])
         count += 1
         if count % 200 == 0:

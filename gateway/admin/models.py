@@ -16,10 +16,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
+    Tag,
 )
 
+from gateway.credits import MAX_CREDITS, MAX_NAMED
 from gateway.values import (
     MAX_GRACE_S,
     MAX_LIFETIME_S,
@@ -94,6 +97,39 @@ class RateLimitIn(_Body):
     window_s: Int = Field(ge=1, le=MAX_WINDOW_S)
 
 
+class NamedLimitIn(_Body):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", examples=["burst"])]
+    limit: Int = Field(ge=1, le=MAX_RATE)
+    window_s: Int = Field(ge=1, le=MAX_WINDOW_S)
+
+
+NamedLimits = Annotated[list[NamedLimitIn], Field(
+    min_length=1, max_length=MAX_NAMED,
+    description="Named limits (SPEC §13): a request must pass all of them; names unique.")]
+
+
+def _rate_form(value: object) -> str:
+    return "list" if isinstance(value, list) else "text" if isinstance(value, str) else "object"
+
+
+# One of the three forms, chosen by the JSON type, so an error names the form that was meant
+# (``rate_limit.list.1.limit: ...``), not the first of three failed guesses.
+RateLimitBody = Annotated[
+    Annotated[RateText, Tag("text")] | Annotated[RateLimitIn, Tag("object")]
+    | Annotated[NamedLimits, Tag("list")],
+    Discriminator(_rate_form)]
+
+
+class RefillIn(_Body):
+    amount: Int = Field(ge=1, le=MAX_CREDITS)
+    interval: Literal["day", "month"]
+
+
+class CreditsIn(_Body):
+    remaining: Int = Field(ge=0, le=MAX_CREDITS)
+    refill: RefillIn | None = None
+
+
 class TokenCreate(_Body):
     subject: Text
     name: Text
@@ -102,8 +138,9 @@ class TokenCreate(_Body):
     expires_in: Annotated[Int, Field(ge=1, le=MAX_LIFETIME_S)] | DurationText | None = Field(
         None, description="Seconds, or a duration like 30d, 12h, 90m, 45s.")
     expires_at: UtcDatetime | None = None
-    rate_limit: RateText | RateLimitIn | None = None
+    rate_limit: RateLimitBody | None = None
     metadata: Metadata | None = None
+    credits: CreditsIn | None = None
 
 
 # The default of a field that may be left out but not sent as null (its type has no None):
@@ -116,9 +153,11 @@ class TokenUpdate(_Body):
     expires_at; name, scopes and metadata cannot be null."""
     name: Text = Field(default=_ABSENT)
     scopes: list[Scope] = Field(default=_ABSENT, max_length=64)
-    rate_limit: RateText | RateLimitIn | None = None
+    rate_limit: RateLimitBody | None = None
     metadata: Metadata = Field(default=_ABSENT)
     expires_at: UtcDatetime | None = None
+    credits: CreditsIn | None = Field(default=None, description=(
+        "A new balance (and refill), or null for no credits."))
 
 
 class RevokeBody(_Body):
@@ -154,6 +193,22 @@ class RateLimitOut(BaseModel):
     window_s: int
 
 
+class NamedLimitOut(BaseModel):
+    name: str
+    limit: int
+    window_s: int
+
+
+class RefillOut(BaseModel):
+    amount: int
+    interval: Literal["day", "month"]
+
+
+class CreditsOut(BaseModel):
+    remaining: int
+    refill: RefillOut | None
+
+
 class TokenOut(BaseModel):
     id: str
     subject: str
@@ -161,7 +216,7 @@ class TokenOut(BaseModel):
     scopes: list[str]
     family: str
     hint: str
-    rate_limit: RateLimitOut | None
+    rate_limit: RateLimitOut | list[NamedLimitOut] | None
     metadata: dict[str, Any]
     created_at: datetime
     expires_at: datetime | None
@@ -173,6 +228,7 @@ class TokenOut(BaseModel):
     rotated_from: str | None
     grace_until: datetime | None
     status: Literal["active", "revoked", "expired"]
+    credits: CreditsOut | None = None
 
 
 class TokenWithSecret(TokenOut):
@@ -239,6 +295,8 @@ class UsageOut(BaseModel):
     token_id: str
     days: list[DayCount] = Field(description="Requests per UTC day, oldest first.")
     last_ips: list[IpSeen] = Field(description="Addresses seen most recently first.")
+    credits: CreditsOut | None = Field(default=None, description=(
+        "The usage credits (SPEC §13): the balance not yet handed to the gateway's counters."))
 
 
 class Introspection(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.access_log import route_of
 from gateway.admin import models as m
 from gateway.admin.deps import (
     AssertionsDep,
@@ -121,21 +123,31 @@ async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep
     judged by the proxy listener's path rule. With identity_assertion configured, a 200 for a
     token also carries the signed assertion and the X-Request-Id it is bound to (``jti``)."""
     client = request.client
+    log = pipeline.access_log  # the access log, when on: one line per decision
+    wall, started = (time.time(), time.perf_counter()) if log is not None else (0.0, 0.0)
+    request_id = request_id_of(request.scope) if log is not None else None
+    ip = method = path = None
     try:
         ip = pipeline.client_address(client.host if client else None, request.scope["headers"])
-        decision = await pipeline.decide(_claimed_method(request), requested_path(request),
-                                         request.scope["headers"], ip)
+        method, path = _claimed_method(request), requested_path(request)
+        decision = await pipeline.decide(method, path, request.scope["headers"], ip)
     except Refusal as refusal:
         metrics.outcome[refusal.reason].inc()
+        if log is not None:
+            log.decided(wall, started, request_id or b"", ip, method, path, refusal.status,
+                        refusal.reason, route_of(pipeline.router, method, path), None)
         raise  # rendered by the one refusal handler (gateway.admin.errors), as on the API
     metrics.outcome["ok"].inc()
+    if log is not None:
+        log.decided(wall, started, request_id or b"", ip, method, path, 200, "ok",
+                    decision.route.pattern, decision)
     out = {k.decode(): v.decode() for k, v in rate_limit_headers(decision.limit)} \
         if decision.limit else {}
     if decision.record is not None:
         out |= dict(identity_headers(settings.identity_headers, decision.record))
         ia = settings.identity_assertion
         if assertions is not None and ia is not None:
-            request_id = request_id_of(request.scope)
+            request_id = request_id or request_id_of(request.scope)  # the logged one, if any
             out[ia.header] = assertions.sign(decision.record, request_id)
             out["X-Request-Id"] = request_id.decode("latin-1")
     return Response(status_code=200, headers=out)

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Any, Literal, Protocol
 
 from gateway.config import RateLimit
+from gateway.credits import Credits, NamedLimit
 
 Status = Literal["active", "revoked", "expired"]
 STATUSES: tuple[Status, ...] = ("active", "revoked", "expired")
@@ -44,6 +45,9 @@ class TokenRecord:
     # Its subject is suspended (SPEC §7): read with the record (get_by_hash joins subjects), so
     # a cached copy carries it and the revocation bound covers suspension too.
     suspended: bool = False
+    # SPEC §13: named limits (instead of rate_limit when set) and usage credits.
+    named_limits: tuple[NamedLimit, ...] = ()
+    credits: Credits | None = None
 
     def is_revoked(self, now: datetime) -> bool:
         return self.revoked_at is not None and self.revoked_at <= now
@@ -208,3 +212,5 @@ class TokenStore(Protocol):
     async def count_subject_tokens(self, subject: str, now: datetime) -> int: ...
     async def list_suspended(self, limit: int,
                              after: tuple[datetime, str] | None = None) -> list[Suspension]: ...
+    async def take_credits(self, token_id: str, generation: int, period: int,
+                           want: int) -> int: ...

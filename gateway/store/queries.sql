@@ -183,6 +183,37 @@ ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
 SELECT at FROM token_events
 WHERE subject = $1 AND type IN ('token_created', 'token_rotated') AND at > $2
 ORDER BY at DESC LIMIT $3
+-- name: set_quota
+-- Named limits and credits (SPEC §13), written with the token (insert, rotation).
+UPDATE tokens SET rate_limits = $2, credits_remaining = $3, credits_refill = $4,
+                  credits_interval = $5, credits_period = $6, credits_gen = $7
+WHERE id = $1
+
+-- name: credits_refill
+-- The first lease of a new period refills the balance (to the refill amount); of concurrent
+-- takes, one matches this WHERE (PostgreSQL re-checks it after a concurrent commit).
+UPDATE tokens SET credits_remaining = credits_refill, credits_period = $3
+WHERE id = $1 AND credits_gen = $2 AND credits_period < $3 AND credits_refill IS NOT NULL
+
+-- name: credits_take
+-- A lease: taken whole or not at all, so the balance never goes below 0.
+UPDATE tokens SET credits_remaining = credits_remaining - $3
+WHERE id = $1 AND credits_gen = $2 AND credits_remaining >= $3
+RETURNING credits_remaining
+
+-- name: credits_balance
+SELECT credits_remaining FROM tokens WHERE id = $1 AND credits_gen = $2
+
+-- name: credits_hand_over
+-- A rotation moves the old token's balance to its successor: a new generation first (takes of
+-- the old one fail from here on, and PostgreSQL holds the row), returning the balance as it is.
+UPDATE tokens SET credits_gen = credits_gen + 1
+WHERE id = $1 AND credits_remaining IS NOT NULL
+RETURNING credits_remaining, credits_period
+
+-- name: credits_zero
+-- ... then nothing left on the old token, and no refill of it either.
+UPDATE tokens SET credits_remaining = 0, credits_refill = NULL WHERE id = $1
 
 -- name: rotatable
 -- The WHERE of rotate_out, read only: whether a rotation refused by the creation limit would

@@ -10,12 +10,14 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any, Protocol
 
 from gateway.config import RateLimit
+from gateway.credits import Credits, NamedLimit
 from gateway.errors import Refused
 from gateway.store.base import (
     Event,
@@ -87,7 +89,8 @@ _STATUS_SQL = {
 # concurrent revoke whose clock read came earlier never revokes (and counts) a token twice.
 _REVOCABLE = ("(revoked_at IS NULL OR (revoked_reason = 'rotated' AND revoked_at > {now})) "
               "AND (expires_at IS NULL OR expires_at > {now})")
-_UPDATABLE = ("name", "scopes", "rate_limit", "metadata", "expires_at")
+_UPDATABLE = ("name", "scopes", "rate_limit", "metadata", "expires_at", "named_limits",
+              "credits")
 
 
 class _Params:
@@ -129,7 +132,33 @@ def _record(row: Row) -> TokenRecord:
         grace_until=_time(row["grace_until"]), seq=row["seq"],
         legacy_kind=_optional(row, "legacy_kind"), legacy_hash=_optional(row, "legacy_hash"),
         suspended=bool(_optional(row, "suspended")),
+        named_limits=_named_limits(row), credits=_credits(row),
     )
+
+
+def _named_limits(row: Row) -> tuple[NamedLimit, ...]:
+    text = _optional(row, "rate_limits")  # NULL, or a store migrated before 007
+    return tuple(NamedLimit(n["name"], RateLimit(n["limit"], n["window_s"]))
+                 for n in _json(text)) if text else ()
+
+
+def _credits(row: Row) -> Credits | None:
+    remaining = _optional(row, "credits_remaining")
+    if remaining is None:
+        return None
+    return Credits(int(remaining), None if row["credits_refill"] is None
+                   else int(row["credits_refill"]), row["credits_interval"],
+                   int(row["credits_period"]), int(row["credits_gen"]))
+
+
+def _quota_row(r: TokenRecord, generation: int | None = None) -> tuple[Any, ...]:
+    """The set_quota parameters of a record: named limits as JSON text, credits."""
+    named = json.dumps([n.as_dict() for n in r.named_limits]) if r.named_limits else None
+    c = r.credits
+    if c is None:
+        return (r.id, named, None, None, None, 0, generation or 0)
+    return (r.id, named, c.remaining, c.refill_amount, c.refill_interval, c.period,
+            c.generation if generation is None else generation)
 
 
 def _optional(row: Row, column: str) -> Any:
@@ -209,6 +238,8 @@ class SqlStore:
             Q("insert_token"), r.id, r.token_hash, r.hint, r.subject, r.name, list(r.scopes),
             r.family, rl.limit if rl else None, rl.window_s if rl else None, dict(r.metadata),
             r.created_at, r.expires_at, r.rotated_from)
+        if r.named_limits or r.credits is not None:
+            await tx.execute(Q("set_quota"), *_quota_row(r))
 
     async def get_token(self, token_id: str) -> TokenRecord | None:
         row = await self.driver.fetchrow(Q("get_token"), token_id)
@@ -250,6 +281,16 @@ class SqlStore:
             if key == "rate_limit":
                 sets.append(f"rate_limit = {p(value.limit if value else None)}")
                 sets.append(f"rate_window_s = {p(value.window_s if value else None)}")
+            elif key == "named_limits":
+                named = json.dumps([n.as_dict() for n in value]) if value else None
+                sets.append(f"rate_limits = {p(named)}")
+            elif key == "credits":  # a new balance: a new generation (gateway/credits.py)
+                c: Credits | None = value
+                sets.append(f"credits_remaining = {p(c.remaining if c else None)}")
+                sets.append(f"credits_refill = {p(c.refill_amount if c else None)}")
+                sets.append(f"credits_interval = {p(c.refill_interval if c else None)}")
+                sets.append(f"credits_period = {p(c.period if c else 0)}")
+                sets.append("credits_gen = credits_gen + 1")
             else:
                 sets.append(f"{key} = {p(list(value) if key == 'scopes' else value)}")
         async with self.driver.transaction() as tx:
@@ -317,12 +358,24 @@ class SqlStore:
                            event: Event) -> TokenRecord | None:
         """Rotate out ``old_id`` and insert its successor; None if it cannot be rotated."""
         async with self.driver.transaction() as tx:
-            if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
-                return None
-            await self._insert(tx, successor)
-            await tx.execute(Q("insert_event"), *_event_row(event))
-            row = await tx.fetchrow(Q("get_token"), old_id)
-            return _record(row) if row else None
+            return await self._rotate(tx, old_id, successor, grace_until, event)
+
+    async def _rotate(self, tx: Conn, old_id: str, successor: TokenRecord,
+                      grace_until: datetime, event: Event) -> TokenRecord | None:
+        """``rotate_token``'s writes in ``tx`` (also run by ``rotate_token_limited``)."""
+        if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
+            return None
+        if successor.credits is not None:  # the balance moves over, as it is now
+            moved = await tx.fetchrow(Q("credits_hand_over"), old_id)
+            if moved is not None:
+                await tx.execute(Q("credits_zero"), old_id)
+                successor = replace(successor, credits=replace(
+                    successor.credits, remaining=int(moved["credits_remaining"]),
+                    period=int(moved["credits_period"]), generation=0))
+        await self._insert(tx, successor)
+        await tx.execute(Q("insert_event"), *_event_row(event))
+        row = await tx.fetchrow(Q("get_token"), old_id)
+        return _record(row) if row else None
 
     async def cleanup(self, before: datetime, event: Event) -> int:
         async with self.driver.transaction() as tx:
@@ -496,12 +549,7 @@ class SqlStore:
                 await tx.execute(Q("insert_event"), *_event_row(refused))
                 frees = _when(rows[-1]["at"]) + timedelta(seconds=limit.window_s)
                 return None, max(0.0, (frees - event.at).total_seconds())
-            if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
-                return None, None
-            await self._insert(tx, successor)
-            await tx.execute(Q("insert_event"), *_event_row(event))
-            row = await tx.fetchrow(Q("get_token"), old_id)
-            return (_record(row) if row else None), None
+            return await self._rotate(tx, old_id, successor, grace_until, event), None
 
     async def suspend_subject(self, subject: str, reason: str | None,
                               event: Event) -> tuple[Suspension | None, bool, list[Revoked]]:
@@ -549,6 +597,25 @@ class SqlStore:
                f"LIMIT {p(limit)}")
         return [s for r in await self.driver.fetch(sql, *p.values)
                 if (s := _suspension(r)) is not None]
+
+
+    # --- credits (SPEC §13): leases for the gateway's counters -----------------------------
+
+    async def take_credits(self, token_id: str, generation: int, period: int, want: int) -> int:
+        """Take up to ``want`` credits of this generation's balance (refilled first when
+        ``period`` is a new one); the number taken, 0 when none is left."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(Q("credits_refill"), token_id, generation, period)
+            for _ in range(3):  # the balance may shrink under us (another replica's lease)
+                row = await tx.fetchrow(Q("credits_take"), token_id, generation, want)
+                if row is not None:
+                    return want
+                row = await tx.fetchrow(Q("credits_balance"), token_id, generation)
+                if row is None or row["credits_remaining"] is None \
+                        or int(row["credits_remaining"]) <= 0:
+                    return 0
+                want = int(row["credits_remaining"])
+            return 0
 
 
 def _suspension(row: Row) -> Suspension | None:

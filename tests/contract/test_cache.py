@@ -9,13 +9,11 @@ when the change lands while a fill is in flight.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import LocalCache, RedisShared, TokenCache
@@ -23,8 +21,8 @@ from gateway.config import Settings
 from gateway.store import SqlStore, TokenRecord
 from tests.conftest import open_empty_store
 from tests.e2e.conftest import free_port
+from tests.redis_topologies import TOPOLOGIES, flushed_url, wait_subscribed
 
-REDIS_URL = os.environ.get("AUTHGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 ADMIN = Actor("cli:test")
 SETTINGS = Settings(pepper="cache-contract")
 SLACK_S = 0.15  # scheduling slack on a busy 2-core machine
@@ -74,25 +72,21 @@ async def store(tmp_path) -> AsyncIterator[SqlStore]:
     await s.close()
 
 
-async def _flushed(url: str) -> None:
-    r = aioredis.from_url(url)
-    await r.flushdb()
-    await r.aclose()
-
-
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *TOPOLOGIES])
 async def replica(request, store) -> AsyncIterator[MakeReplica]:
-    """Replicas on one store; with ``redis`` they share the real Redis (flushed first)."""
-    if request.param == "redis":
-        await _flushed(REDIS_URL)
+    """Replicas on one store; with a Redis kind (one server, a Redis Cluster, a Sentinel-managed
+    master) they share it (flushed first)."""
+    shared = None if request.param == "memory" else await flushed_url(request, request.param)
     made: list[TokenCache] = []
 
     async def make(ttl_s: float = 30.0, cache_url: str | None = None,
                    **local: int) -> Replica:
-        url = cache_url or (REDIS_URL if request.param == "redis" else None)
+        url = cache_url or shared
         cache = TokenCache(LocalCache(ttl_s, **local), RedisShared(url) if url else None)
         cache.start()
         made.append(cache)
+        if url is not None:
+            await wait_subscribed(request, request.param, len(made))
         return Replica(cache, TokenAuthority(store, SETTINGS, invalidate=cache.invalidate),
                        Loader(store))
 
@@ -103,16 +97,17 @@ async def replica(request, store) -> AsyncIterator[MakeReplica]:
             await cache.shared.close()
 
 
-@pytest.fixture
-async def redis_replica(store) -> AsyncIterator[MakeReplica]:
-    await _flushed(REDIS_URL)
+@pytest.fixture(params=TOPOLOGIES)
+async def redis_replica(request, store) -> AsyncIterator[MakeReplica]:
+    url = await flushed_url(request, request.param)
     made: list[TokenCache] = []
 
     async def make(ttl_s: float = 30.0) -> Replica:
-        cache = TokenCache(LocalCache(ttl_s), RedisShared(REDIS_URL))
+        cache = TokenCache(LocalCache(ttl_s), RedisShared(url))
         cache.start()
-        await asyncio.sleep(0.05)  # subscribed before any broadcast it should hear
         made.append(cache)
+        # subscribed before any broadcast it should hear
+        await wait_subscribed(request, request.param, len(made))
         return Replica(cache, TokenAuthority(store, SETTINGS, invalidate=cache.invalidate),
                        Loader(store))
 
@@ -295,3 +290,16 @@ async def test_a_fill_racing_a_writer_without_redis_dies_at_its_deadline(replica
     for rep in (a, b):
         await eventually_revoked(rep, record.token_hash, within_s=ttl)
         assert time.monotonic() <= read_start + ttl + SLACK_S
+
+
+async def test_revoke_all_empties_the_shared_cache_on_every_node(redis_replica):
+    a = await redis_replica()
+    records = [(await a.authority.create(ADMIN, subject="s", name=f"t{i}"))[0] for i in range(12)]
+    for r in records:  # hashes spread over the slots: on a cluster, over every node
+        await a.lookup(r.token_hash)
+    await a.authority.revoke_all(ADMIN, "drill")
+    fresh = await redis_replica()
+    for r in records:
+        seen = await fresh.lookup(r.token_hash)
+        assert seen is not None and seen.revoked_at is not None
+    assert fresh.layers == ["store"] * len(records)  # nothing left in the shared layer

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.cache import RedisShared
 from gateway.config import RateLimit
 from gateway.ratelimit import MemoryLimiter, RedisLimiter
+from tests.redis_topologies import TOPOLOGIES, flushed_url
 
-REDIS_URL = os.environ.get("AUTHGATE_TEST_REDIS", "redis://127.0.0.1:6379/9")
 
-
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *TOPOLOGIES])
 async def limiters(request):
-    """Two limiters sharing state, as two replicas would (memory: one process, one limiter)."""
+    """Two limiters sharing state, as two replicas would (memory: one process, one limiter);
+    on one Redis server, a Redis Cluster or a Sentinel-managed master."""
     if request.param == "memory":
         m = MemoryLimiter()
         yield m, m
         return
-    r = aioredis.from_url(REDIS_URL)
-    await r.flushdb()
-    await r.script_flush()  # as after a Redis restart: the limiter must load its script again
-    await r.aclose()
-    shared = [RedisShared(REDIS_URL), RedisShared(REDIS_URL)]
+    # flushed, scripts too: as after a Redis restart, the limiter must load its script again
+    url = await flushed_url(request, request.param)
+    shared = [RedisShared(url), RedisShared(url)]
+    failures: list[int] = []
+    for s in shared:  # the per-replica fallback must not be what passed the test
+        s.redis.on_error = lambda: failures.append(1)
     yield RedisLimiter(shared[0]), RedisLimiter(shared[1])
     for s in shared:
         await s.close()
+    assert not failures, "Redis failed during the test: the fallback answered"
 
 
 async def test_burst_of_n_then_refusal_with_retry_after(limiters):
@@ -53,11 +53,12 @@ async def test_concurrent_hits_from_two_replicas_never_exceed_the_limit(limiters
 async def test_all_limits_must_admit_and_none_is_charged_on_refusal(limiters):
     a, _ = limiters
     token, route = RateLimit(10, 60), RateLimit(2, 60)
-    got = [await a.hit([("t", token), ("r", route)]) for _ in range(3)]
+    # one hash tag for every key of one call (one slot on a cluster), as the pipeline does
+    got = [await a.hit([("t:{id1}", token), ("r:0:{id1}", route)]) for _ in range(3)]
     assert [g.admitted for g in got] == [True, True, False]
     assert got[2].limit == route  # the refusing policy is the one reported
     # the refused hit did not charge the token's own limit: 8 remain for other routes
-    other = [await a.hit([("t", token)]) for _ in range(9)]
+    other = [await a.hit([("t:{id1}", token)]) for _ in range(9)]
     assert sum(o.admitted for o in other) == 8
 
 
@@ -131,3 +132,48 @@ def test_memory_limiter_inserting_past_the_cap_stays_cheap():
     print(f"new key below the cap {min(below) / n * 1e6:.2f} us, past it "
           f"{min(past) / n * 1e6:.2f} us (x{ratio:.2f})")
     assert ratio < 10
+
+
+# --- named limits (SPEC §13): hit_quota, the call tokens with named limits or credits use -------
+
+
+async def test_named_limits_all_must_admit_and_each_reports_its_own_state(limiters):
+    a, _ = limiters
+    burst, hourly = RateLimit(3, 1), RateLimit(5, 3600)
+    limits = [("t:{tok}:burst", burst), ("t:{tok}:hourly", hourly)]
+    first = await a.hit_quota(limits, None, 0)
+    assert first.admitted and first.credits == -1
+    assert first.parts[0][0] == 2 and first.parts[1][0] == 4
+    assert first.limit == burst and first.remaining == 2  # the tightest: fewest remaining
+    got = [await a.hit_quota(limits, None, 0) for _ in range(3)]
+    assert [g.admitted for g in got] == [True, True, False]
+    assert got[2].limit == burst and got[2].index == 0 and got[2].retry_after_s >= 1
+    assert got[2].parts[1][0] == 2  # the refused request charged the hourly limit nothing
+    await asyncio.sleep(1.1)  # the burst window passes; the hourly limit holds 2 more
+    later = [await a.hit_quota(limits, None, 0) for _ in range(3)]
+    assert [g.admitted for g in later] == [True, True, False]
+    assert later[2].limit == hourly and later[2].index == 1
+    assert later[2].retry_after_s > 600  # one hourly request frees up every 12 minutes
+
+
+async def test_named_limits_are_exact_across_two_replicas(limiters):
+    a, b = limiters
+    limits = [("t:{x}:burst", RateLimit(1000, 60)), ("t:{x}:daily", RateLimit(17, 86400))]
+    results = await asyncio.gather(*((a, b)[i % 2].hit_quota(limits, None, 0)
+                                     for i in range(150)))
+    assert sum(r.admitted for r in results) == 17
+
+
+async def test_an_empty_credit_counter_refuses_and_charges_no_limit(limiters):
+    a, b = limiters
+    limits = [("t:{c}", RateLimit(10, 60))]
+    empty = await a.hit_quota(limits, "{c}:0", 7)
+    assert not empty.admitted and empty.short and empty.parts[0][0] == 10
+    await b.add_credits("{c}:0", 7, 2)  # a lease, put in by the other replica
+    got = [await (a, b)[i % 2].hit_quota(limits, "{c}:0", 7) for i in range(3)]
+    assert [g.admitted for g in got] == [True, True, False]
+    assert [g.credits for g in got] == [1, 0, 0] and got[2].short
+    assert got[2].parts[0][0] == 8  # two charged, the refused one not
+    # a new period: what the counter held for the old one is gone
+    await a.add_credits("{c}:0", 7, 5)
+    assert not (await a.hit_quota(limits, "{c}:0", 8)).admitted

@@ -116,3 +116,25 @@ def test_rendered_example_matches_the_chart_defaults():
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert docs["Service/authgate-authgate-admin"]["spec"]["type"] == "ClusterIP"
     assert "Job/authgate-authgate-migrate" in docs
+
+
+def test_chart_exposes_workers_and_the_access_log():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert (values["config"]["workers"], values["config"]["accessLog"]) == (1, True)
+    template = (CHART / "templates" / "deployment.yaml").read_text()
+    assert "name: AUTHGATE_WORKERS\n              value: {{ .Values.config.workers | quote }}" \
+        in template
+    assert "name: AUTHGATE_ACCESS_LOG\n              value: {{ .Values.config.accessLog | " \
+        "quote }}" in template
+    deploy = next(d for d in yaml.safe_load_all(
+        (CHART / "examples" / "rendered-gateway.yaml").read_text()) if d and d["kind"] ==
+        "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert (env["AUTHGATE_WORKERS"], env["AUTHGATE_ACCESS_LOG"]) == ("1", "true")
+    # the values the chart renders are ones serve accepts (environment strings)
+    from gateway.config import load_settings
+
+    settings = load_settings(env={"AUTHGATE_WORKERS": env["AUTHGATE_WORKERS"],
+                                  "AUTHGATE_ACCESS_LOG": env["AUTHGATE_ACCESS_LOG"]})
+    assert (settings.workers, settings.access_log) == (1, True)

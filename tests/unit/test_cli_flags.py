@@ -32,7 +32,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     import gateway.server
 
     seen: list[Settings] = []
-    monkeypatch.setattr(gateway.server, "run", lambda settings: seen.append(settings))
+    monkeypatch.setattr(gateway.server, "run", lambda settings, **_: seen.append(settings))
     return seen
 
 

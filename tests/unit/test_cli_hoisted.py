@@ -77,7 +77,7 @@ def test_group_options_reach_serve(monkeypatch: pytest.MonkeyPatch, config_file:
     import gateway.server
 
     seen: list[Settings] = []
-    monkeypatch.setattr(gateway.server, "run", seen.append)
+    monkeypatch.setattr(gateway.server, "run", lambda settings, **_: seen.append(settings))
     group = f"sqlite:///{tmp_path}/group.db"
     assert invoke("--config", str(config_file), "--store", group, "serve").exit_code == 0
     assert invoke("--store", group, "serve", "--store", "sqlite:///own.db",

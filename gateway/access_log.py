@@ -1,0 +1,288 @@
+"""The access log (SPEC §6): one JSON object per proxied request (and per forward-auth decision)
+on stdout, written off the event loop.
+
+    AccessLog(metrics)     the writer: ``start`` its thread, ``record`` a finished request (the
+                           hot path: a tuple appended to a deque), ``close`` flushes and stops
+    Entry                  one request's counters: wraps ``receive`` / ``send`` to count body
+                           bytes, the response status and when the response head left
+
+Fields: ``ts`` (RFC 3339 UTC, when the request arrived), ``request_id``, ``client_ip``,
+``method``, ``path`` (as sent, percent-encoded, never the query), ``status``, ``outcome`` (``ok``
+or the refusal reason), ``route`` (the matched route's ``path`` pattern, or ``default``; null
+when the request was refused before a route matched, e.g. a malformed path), ``subject``,
+``token_id`` (null without a token), ``upstream_ms`` (from the start of the forward to the
+upstream's response head or its failure; null when nothing was forwarded), ``total_ms`` (to the
+last byte sent), ``bytes_in`` / ``bytes_out`` (request and response body bytes). Never a header,
+so never a credential; never the query string.
+
+Why a thread: a write to a stdout pipe blocks when the reader is slow. The event loop only
+appends a tuple of raw values; the thread formats them (JSON, ASCII only: control
+characters, non-UTF-8 bytes and anything else a client sends come out escaped) and writes them in
+batches every ``FLUSH_S``. The buffer is bounded (``MAX_PENDING`` lines): past it a line is
+dropped and counted (``authgate_access_log_dropped_total``), so a stuck stdout costs lines, never
+memory or latency. Each batch is written in chunks of whole lines of at most ``PIPE_BUF`` bytes,
+which the kernel writes atomically to a pipe: the workers of ``serve --workers N`` share one
+stdout and their lines never interleave (a line that would be longer is cut down: its long
+strings are shortened and ``"truncated": true`` added).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import Refusal
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
+    from gateway.pipeline import Decision
+    from gateway.routes import Router
+
+log = logging.getLogger("authgate")
+
+Message = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+FLUSH_S = 0.05  # how often the writer thread drains the buffer
+MAX_PENDING = 20_000  # lines waiting to be written; past it lines are dropped and counted
+PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic (Linux: 4096)
+SHORTER = (200, 40)  # a string field's length in a line cut down to fit PIPE_BUF (2nd try)
+CLIENT_GONE = 499  # the status logged when the client left before a response began (nginx)
+FIELDS = ("ts", "request_id", "client_ip", "method", "path", "status", "outcome", "route",
+          "subject", "token_id", "upstream_ms", "total_ms", "bytes_in", "bytes_out")
+_STRINGS = ("request_id", "client_ip", "method", "path", "route", "subject", "token_id")
+
+
+def route_of(router: Router, method: str | None, path: str | None) -> str | None:
+    """The pattern of the route a refused request matched (the refusal does not carry it):
+    matched again, off the hot path (only refusals, only with the log on); None when the path
+    itself was refused."""
+    if method is None or path is None:
+        return None
+    try:
+        return router.match(path, method).pattern
+    except Refusal:
+        return None
+
+
+class Entry:
+    """One request's counters: ``receive`` and ``send`` wrap the server's, counting the body
+    bytes each way, the status and the moment the response head is sent."""
+
+    __slots__ = ("_receive", "_send", "bytes_in", "bytes_out", "decision", "forwarded",
+                 "head_at", "log", "request_id", "route", "scope", "started", "status", "wall")
+
+    def __init__(self, log: AccessLog, scope: Scope, receive: Receive, send: Send,
+                 started: float, request_id: bytes) -> None:
+        self.log = log  # the log on when the request came: it is logged even if a reload
+        self.scope = scope  # turns the log off before it ends
+        self._receive = receive
+        self._send = send
+        self.started = started  # perf_counter at arrival
+        self.wall = time.time()
+        self.request_id = request_id
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.status = 0
+        self.decision: Decision | None = None
+        self.route: str | None = None  # the matched route's pattern
+        self.forwarded = 0.0  # perf_counter when the forward started; 0 = nothing forwarded
+        self.head_at = 0.0  # perf_counter when the response head was sent
+
+    def forwarding(self, decision: Decision) -> None:
+        self.decision = decision
+        self.route = decision.route.pattern
+        self.forwarded = time.perf_counter()
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        body = message.get("body")
+        if body:
+            self.bytes_in += len(body)
+        return message
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self.bytes_out += len(message.get("body", b""))
+        elif kind == "http.response.start":
+            self.status = message["status"]
+            self.head_at = time.perf_counter()
+        await self._send(message)
+
+
+class AccessLog:
+    """The writer of the access log (see the module docstring). ``record`` may be called from
+    the event loop at any time; lines are written by a daemon thread started by ``start``."""
+
+    def __init__(self, metrics: Metrics | None = None, fd: int = 1) -> None:
+        self._fd = fd
+        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._dropped = metrics.access_log_dropped if metrics is not None else None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._broken = False  # stdout is gone (EPIPE): lines are dropped from then on
+        self.dropped = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="authgate-access-log",
+                                            daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is pending and stop the thread (bounded: a stuck stdout drops the rest)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout)
+
+    def record(self, entry: Entry, outcome: str, client_ip: str | None) -> None:
+        """Queue the line of a finished proxied request (the hot path: no formatting, no I/O)."""
+        scope = entry.scope
+        now = time.perf_counter()
+        upstream = (entry.head_at or now) - entry.forwarded if entry.forwarded else None
+        self._queue(entry.wall, entry.request_id, client_ip, scope["method"],
+                    scope.get("raw_path") or scope["path"],
+                    entry.status or CLIENT_GONE, outcome,
+                    entry.route, entry.decision, upstream, now - entry.started, entry.bytes_in,
+                    entry.bytes_out)
+
+    def decided(self, wall: float, started: float, request_id: bytes, client_ip: str | None,
+                method: str | None, path: str | None, status: int, outcome: str,
+                route: str | None, decision: Decision | None) -> None:
+        """Queue the line of a forward-auth decision: the method and path judged (null when
+        the request was refused before they could be read), no upstream, no body bytes. The
+        path, read from headers as latin-1, is logged as its bytes are (as the proxy's)."""
+        raw = path.encode("latin-1", "backslashreplace") if path is not None else None
+        self._queue(wall, request_id, client_ip, method, raw, status, outcome, route,
+                    decision, None, time.perf_counter() - started, 0, 0)
+
+    def _queue(self, wall: float, request_id: bytes, client_ip: str | None,
+               method: str | None, path: bytes | str | None, status: int, outcome: str,
+               route: str | None, decision: Decision | None, upstream: float | None, total: float,
+               bytes_in: int, bytes_out: int) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._drop()
+            return
+        record = decision.record if decision is not None else None
+        self._pending.append((
+            wall, request_id, client_ip, method, path, status, outcome, route,
+            record.subject if record is not None else None,
+            record.id if record is not None else None,
+            upstream, total, bytes_in, bytes_out))
+
+    def _drop(self, n: int = 1) -> None:
+        self.dropped += n
+        if self._dropped is not None:
+            self._dropped.inc(n)
+
+    # --- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        chunk: list[bytes] = []
+        size = 0
+        while pending:
+            line = format_line(pending.popleft())
+            if size + len(line) > PIPE_BUF and chunk:
+                self._write(b"".join(chunk), len(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write(b"".join(chunk), len(chunk))
+
+    def _write(self, data: bytes, lines: int) -> None:
+        if self._broken:
+            self._drop(lines)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as e:  # EPIPE, EBADF...: the reader is gone; say so once
+            self._broken = True
+            self._drop(lines)
+            log.warning("access log: stdout is not writable (%s); lines are dropped",
+                        e.strerror)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if isinstance(value, bytes):  # a client's bytes: any that are not UTF-8 are escaped
+        return value.decode("utf-8", "backslashreplace")
+    return value
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _num(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # built once
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C, when available
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
+def _ts(wall: float) -> str:
+    second = int(wall)
+    if second != _second[0]:  # one strftime a second, not one a line
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
+
+
+def _q(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def format_line(values: tuple[Any, ...]) -> bytes:
+    """One JSON line (ASCII only) from a recorded tuple, at most ``PIPE_BUF`` bytes. Written
+    out field by field (the C string escaper of ``json``; numbers are ours): about half the
+    cost of ``json.dumps`` on a dict, which only the rare line cut down to size goes through."""
+    (wall, request_id, client_ip, method, path, status, outcome, route, subject, token_id,
+     upstream, total, bytes_in, bytes_out) = values
+    ts = _ts(wall)
+    rid, method_s, path_s = _text(request_id), _text(method), _text(path)
+    line = (f'{{"ts":"{ts}","request_id":{_q(rid)},"client_ip":{_q(client_ip)},'
+            f'"method":{_q(method_s)},"path":{_q(path_s)},"status":{int(status)},'
+            f'"outcome":{_q(outcome)},"route":{_q(route)},"subject":{_q(subject)},'
+            f'"token_id":{_q(token_id)},"upstream_ms":{_num(_ms(upstream))},'
+            f'"total_ms":{_num(_ms(total))},"bytes_in":{int(bytes_in)},'
+            f'"bytes_out":{int(bytes_out)}}}\n').encode()
+    if len(line) <= PIPE_BUF:
+        return line
+    doc: dict[str, Any] = {
+        "ts": ts, "request_id": rid, "client_ip": client_ip, "method": method_s,
+        "path": path_s, "status": status, "outcome": outcome, "route": route,
+        "subject": subject, "token_id": token_id, "upstream_ms": _ms(upstream),
+        "total_ms": _ms(total), "bytes_in": bytes_in, "bytes_out": bytes_out}
+    doc["truncated"] = True
+    for short in SHORTER:  # rare: a huge path or id; cut each long string down
+        for key in _STRINGS:
+            value = doc[key]
+            if isinstance(value, str) and len(value) > short:
+                doc[key] = value[:short]
+        line = _ENCODE(doc).encode() + b"\n"
+        if len(line) <= PIPE_BUF:
+            break
+    return line  # 7 strings of 40 characters, each escaped to at most 6 bytes, always fit
