@@ -308,3 +308,14 @@ async def test_token_count_counts_working_tokens_of_exactly_the_subject(authorit
     assert await subjects.token_count(authority, nfc) == 2
     with pytest.raises(InvalidInput):
         await subjects.token_count(authority, "x" * 201)
+
+
+async def test_a_rotation_under_the_creation_limit_hands_credits_over_like_any(store, clock):
+    """rotate_token_limited runs rotate_token's writes: the balance moves to the successor."""
+    auth = _limited(store, clock, "5/hour")
+    record, _ = await auth.create(ADMIN, subject="alice", name="n",
+                                  credits={"remaining": 30, "refill": None})
+    successor, _, _ = await auth.rotate(ADMIN, record.id)
+    new, old = await store.get_token(successor.id), await store.get_token(record.id)
+    assert new is not None and new.credits is not None and new.credits.remaining == 30
+    assert old is not None and old.credits is not None and old.credits.remaining == 0
