@@ -235,7 +235,7 @@ async def token_usage(token_id: str, who: CallerDep, auth: AuthDep,
 # --- bulk revocation ---------------------------------------------------------------------
 
 
-@router.post("/subjects/{subject}/revoke", response_model=m.Revoked, tags=["revocation"])
+@router.post("/subjects/{subject:path}/revoke", response_model=m.Revoked, tags=["revocation"])
 async def revoke_subject(subject: str, who: CallerDep, auth: AuthDep,
                          body: m.RevokeBody | None = None) -> dict[str, int]:
     subject_filter(who, subject)
