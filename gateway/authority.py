@@ -304,8 +304,13 @@ class TokenAuthority:
             allow(old, successor)
         event = self._event("token_rotated", actor, old, now, successor=successor.id,
                             grace_s=grace_s)
-        rotated = await self.store.rotate_token(old.id, successor, now + timedelta(
-            seconds=grace_s), event)
+        grace_until = now + timedelta(seconds=grace_s)
+        if self.settings.creation_limit is None:
+            rotated = await self.store.rotate_token(old.id, successor, grace_until, event)
+        else:  # the successor is a creation: counted like create (gateway/subjects.py)
+            from gateway.subjects import rotate_limited
+
+            rotated = await rotate_limited(self, old.id, successor, grace_until, event, actor)
         if rotated is None:
             raise Refused(self._why_not_rotatable(await self.get(token_id), now))
         await self._changed([Revoked(rotated.id, rotated.token_hash)])

@@ -39,9 +39,12 @@ async def suspend(auth: TokenAuthority, subject: str, reason: str | None, as_jso
                   config: str | None, store: str | None) -> None:
     """Refuse every token of SUBJECT until it is resumed (nothing is revoked)."""
     suspension, changed = await subject_ops.suspend(auth, _actor(), subject, reason)
+    tokens = await subject_ops.token_count(auth, subject)
     if as_json:
-        _print_json(subject_ops.public_suspension(subject, suspension))
+        _print_json({**subject_ops.public_suspension(subject, suspension), "tokens": tokens})
         return
+    if not tokens:  # subjects are exact strings: say so when the suspension matches nothing
+        click.echo(f"note: no working token has exactly the subject {subject!r}", err=True)
     click.echo(f"suspended {subject}" if changed else
                f"{subject} was already suspended (since "
                f"{subject_ops.public_suspension(subject, suspension)['suspended_at']})")
@@ -58,7 +61,8 @@ async def resume(auth: TokenAuthority, subject: str, reason: str | None, as_json
     """End SUBJECT's suspension: its tokens work again."""
     changed = await subject_ops.resume(auth, _actor(), subject, reason)
     if as_json:
-        _print_json(subject_ops.public_suspension(subject, None))
+        _print_json({**subject_ops.public_suspension(subject, None),
+                     "tokens": await subject_ops.token_count(auth, subject)})
         return
     click.echo(f"resumed {subject}" if changed else f"{subject} was not suspended")
 

@@ -11,10 +11,13 @@ suspending a suspended subject, or resuming one that is not, succeeds and change
 
 Creation limit. With ``creation_limit: N/unit``, a subject's ``token_created`` events in the
 last window are counted in the same transaction as the insert, under a per-subject lock (the
-subject's row), so concurrent creates from any process are exact. Rotation (it replaces a token)
-and import (it brings tokens that exist already) do not count; deleted tokens still do. A refused
-create records a ``rate_limited`` event with ``details = {"reason": "creation_limit", "limit":
-"N/unit"}`` and raises ``CreationLimited`` (API 429 + Retry-After, CLI exit 1).
+subject's row), so concurrent creates from any process are exact. A rotation counts as a
+creation (its ``token_rotated`` event; the successor is a new token, and the rotated-out one
+works on through its grace, so uncounted rotations would multiply working tokens past the
+limit); it is refused the same way and is exact the same way. Import (it brings tokens that
+exist already) does not count; deleted tokens still do. A refused create or rotation records a
+``rate_limited`` event with ``details = {"reason": "creation_limit", "limit": "N/unit"}`` and
+raises ``CreationLimited`` (API 429 + Retry-After, CLI exit 1).
 """
 
 from __future__ import annotations
@@ -45,6 +48,23 @@ async def insert_limited(auth: TokenAuthority, record: TokenRecord, event: Event
     wait = await auth.store.insert_token_limited(record, event, limit, refused)
     if wait is not None:
         raise CreationLimited(record.subject, str(limit), max(1, math.ceil(wait)))
+
+
+async def rotate_limited(auth: TokenAuthority, old_id: str, successor: TokenRecord,
+                         grace_until: datetime, event: Event, actor: Actor
+                         ) -> TokenRecord | None:
+    """Rotate ``old_id`` unless its subject is over ``creation_limit`` (which must be set);
+    the old record, None when it cannot be rotated."""
+    limit = auth.settings.creation_limit
+    assert limit is not None
+    refused = Event(type="rate_limited", actor=actor.name, at=event.at, subject=successor.subject,
+                    ip=actor.ip, user_agent=actor.user_agent,
+                    details={"reason": "creation_limit", "limit": str(limit)})
+    rotated, wait = await auth.store.rotate_token_limited(old_id, successor, grace_until, event,
+                                                          limit, refused)
+    if wait is not None:
+        raise CreationLimited(successor.subject, str(limit), max(1, math.ceil(wait)))
+    return rotated
 
 
 def _reason(reason: str | None) -> str | None:
@@ -78,6 +98,14 @@ async def resume(auth: TokenAuthority, actor: Actor, subject: str,
     if changed:
         await auth._changed(tokens)
     return changed
+
+
+async def token_count(auth: TokenAuthority, subject: str) -> int:
+    """How many working tokens have exactly ``subject``. Subjects are exact strings (no case
+    folding, no Unicode normalisation, no trimming), so the suspend/resume answers show it: 0
+    means the suspension matches no token (``José`` vs ``josé``, NFC vs NFD, a trailing space)."""
+    check_text("subject", subject)
+    return await auth.store.count_subject_tokens(subject, auth.clock())
 
 
 async def status(auth: TokenAuthority, subject: str) -> Suspension | None:

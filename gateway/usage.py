@@ -165,15 +165,43 @@ class UsageRecorder:
                 self._metrics.flush_lag.set(time.monotonic() - oldest)
             log.warning("usage flush failed, will retry: %s", e)
             return 0
+        except Exception as e:  # the store refused a value (not an outage): find the row
+            self._metrics.flush_failures.inc()
+            log.error("usage flush refused by the store (%s): writing row by row",
+                      type(e).__name__)
+            await self._flush_singly(usage, events)
         self._metrics.flush_rows.observe(len(usage))
         self._metrics.flush_lag.set(0)
         return len(usage)
+
+    async def _flush_singly(self, usage: list[Usage], events: list[Event]) -> None:
+        """A batch the store refused as a whole: the usage, then each event, on its own, so one
+        value no store can hold costs that row alone (logged by type, never by value); an outage
+        meanwhile puts the rest back for the next flush."""
+        pending: list[tuple[list[Usage], list[Event]]] = [(usage, [])] + [([], [e])
+                                                                          for e in events]
+        for i, (rows, evs) in enumerate(pending):
+            try:
+                await self._store.record_usage(rows, evs)
+            except StoreUnavailable:
+                for later_rows, later_evs in pending[i:]:
+                    self._put_back(later_rows, later_evs)
+                return
+            except Exception as e:
+                what = f"event {evs[0].type}" if evs else f"{len(rows)} usage rows"
+                log.error("usage flush: the store refused %s (%s); dropped", what,
+                          type(e).__name__)
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
             # Shielded: cancelling the loop at shutdown must not drop a batch mid-write.
-            await asyncio.shield(self.flush())
+            try:
+                await asyncio.shield(self.flush())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let one bad flush end the flushing for good
+                log.exception("usage flush failed")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

@@ -201,7 +201,9 @@ class Supervisor:
             os.close(worker.ready_fd)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
-                if code != 0:
+                # A worker still starting when the stop came may die of the SIGTERM itself
+                # (its handlers not yet installed): it served nothing, so nothing was lost.
+                if code != 0 and not (code == -signal.SIGTERM and not worker.ready):
                     self.status = 1
                 continue
             how = f"exit status {code}" if code >= 0 else f"signal {-code}"

@@ -11,7 +11,7 @@
     errors.py   every error as {"error", "error_description"} (gateway.responses)
     guard.py    body size limit and cross-site refusal (ASGI middleware)
     export.py   CSV export
-    subjects.py /v1/subjects/{subject}/suspend|resume|suspension, /v1/subjects/suspended
+    subjects.py /v1/subjects/{subject:path}/suspend|resume|suspension, /v1/subjects/suspended
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from gateway.authority import (
 )
 from gateway.errors import InvalidInput, NotFound, Refusal
 from gateway.store import TokenRecord
+from gateway.values import BAD_CHARS
 
 ERRORS = m.ERRORS
 CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -88,8 +89,11 @@ async def audit_read(request: Request, who: CallerDep, usage: UsageDep) -> None:
     route = request.scope.get("route")
     if request.method == "GET" or request.url.path == "/v1/introspect":
         call = f"{request.method} {route.path if isinstance(route, APIRoute) else '?'}"
-        usage.event("admin_read", call, who.actor.ip, request.path_params.get("token_id"),
-                    who.subject, actor=who.actor.name)
+        token_id = request.path_params.get("token_id")
+        if token_id is not None and BAD_CHARS.search(token_id):
+            token_id = None  # e.g. /v1/tokens/%00: no store could hold it (read still audited)
+        usage.event("admin_read", call, who.actor.ip, token_id, who.subject,
+                    actor=who.actor.name)
 
 
 # The caller first: an unauthenticated request learns nothing but 401 (FastAPI runs each
@@ -239,7 +243,7 @@ async def token_usage(token_id: str, who: CallerDep, auth: AuthDep,
 # --- bulk revocation ---------------------------------------------------------------------
 
 
-@router.post("/subjects/{subject}/revoke", response_model=m.Revoked, tags=["revocation"])
+@router.post("/subjects/{subject:path}/revoke", response_model=m.Revoked, tags=["revocation"])
 async def revoke_subject(subject: str, who: CallerDep, auth: AuthDep,
                          body: m.RevokeBody | None = None) -> dict[str, int]:
     subject_filter(who, subject)

@@ -1,9 +1,13 @@
 """Subject suspension in the admin API (SPEC §7), and the creation limit's 429 (SPEC §3).
 
-    POST /v1/subjects/{subject}/suspend     {reason?}   200 the subject's suspension
-    POST /v1/subjects/{subject}/resume      {reason?}   200 the subject, not suspended
+    POST /v1/subjects/{subject}/suspend     {reason?}   200 the subject's suspension + tokens
+    POST /v1/subjects/{subject}/resume      {reason?}   200 the subject, not suspended + tokens
     GET  /v1/subjects/{subject}/suspension              200 the subject's suspension state
     GET  /v1/subjects/suspended   ?limit=&cursor=       suspended subjects, newest first
+
+``{subject}`` may hold ``/`` (``team/carol``), sent as is or as ``%2F``: the routes take the
+rest of the path up to the action (``{subject:path}``); ``/v1/subjects/suspended`` has no action
+suffix, so it never reaches them.
 
 Admin callers only: a self caller (authgate:self) gets 403, for its own subject too (suspension
 is the operator's brake on a subject, not the subject's to lift). The logic is in
@@ -41,28 +45,34 @@ class SuspensionOut(BaseModel):
     actor: str | None
 
 
+class SuspensionChange(SuspensionOut):
+    tokens: int  # working tokens with exactly this subject: 0 means it matches none
+
+
 class SuspensionPage(BaseModel):
     items: list[SuspensionOut]
     next_cursor: str | None
 
 
-@router.post("/subjects/{subject}/suspend", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/suspend", response_model=SuspensionChange)
 async def suspend_subject(subject: str, who: CallerDep, auth: AuthDep,
                           body: SubjectBody | None = None) -> dict[str, Any]:
     """Refuse every token of the subject (401 invalid_token) until it is resumed; nothing is
     revoked. Idempotent: suspending a suspended subject changes nothing."""
     require_admin(who)
     suspension, _ = await subjects.suspend(auth, who.actor, subject, body.reason if body else None)
-    return subjects.public_suspension(subject, suspension)
+    return {**subjects.public_suspension(subject, suspension),
+            "tokens": await subjects.token_count(auth, subject)}
 
 
-@router.post("/subjects/{subject}/resume", response_model=SuspensionOut)
+@router.post("/subjects/{subject:path}/resume", response_model=SuspensionChange)
 async def resume_subject(subject: str, who: CallerDep, auth: AuthDep,
                          body: SubjectBody | None = None) -> dict[str, Any]:
     """End the subject's suspension: its tokens work again (idempotent)."""
     require_admin(who)
     await subjects.resume(auth, who.actor, subject, body.reason if body else None)
-    return subjects.public_suspension(subject, None)
+    return {**subjects.public_suspension(subject, None),
+            "tokens": await subjects.token_count(auth, subject)}
 
 
 @router.get("/subjects/suspended", response_model=SuspensionPage)
@@ -76,7 +86,7 @@ async def suspended_subjects(who: CallerDep, auth: AuthDep, limit: m.PAGE_LIMIT 
             "next_cursor": nxt}
 
 
-@router.get("/subjects/{subject}/suspension", response_model=SuspensionOut)
+@router.get("/subjects/{subject:path}/suspension", response_model=SuspensionOut)
 async def subject_suspension(subject: str, who: CallerDep, auth: AuthDep) -> dict[str, Any]:
     """Whether the subject is suspended (any subject: one never suspended is not)."""
     require_admin(who)

@@ -3,6 +3,11 @@
 
 A channel sends one alert or raises ``DeliveryError`` with a short reason that never holds the
 URL, the secret or the SMTP password (the reason is stored, shown by ``alerts test`` and logged).
+Alert text holds client-chosen strings (token names, subjects), so chat channels escape it
+before their markup sees it: Slack gets its own escaping (``&``, ``<``, ``>``: no ``<!channel>``,
+no disguised ``<url|text>`` links); Teams and Discord get markdown metacharacters backslashed and
+``@`` followed by a zero-width joiner (no masked links, headings or mentions; Discord also sends
+``allowed_mentions``). The webhook, email and log channels carry the values as data, unchanged.
 Channels are named ``type:fingerprint`` (a hash of the URL or SMTP target) so a delivery row
 keeps its channel across restarts and reloads without storing the URL itself.
 """
@@ -14,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from email.message import EmailMessage
@@ -60,6 +66,24 @@ def text_of(alert: Mapping[str, Any]) -> str:
     return f"[authgate] {alert['severity']}: {alert['message']} ({alert['kind']}, {alert['id']})"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's documented escaping: only ``&``, ``<`` and ``>`` are control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MARKDOWN = re.compile(r"([\\`*_~\[\]()<>#|])")
+_LEADING = re.compile(r"^(\s*)([-+])", re.MULTILINE)  # a list item; a leading > is escaped above
+ZWJ = "\u200d"
+
+
+def markdown_escape(text: str) -> str:
+    """Client text as literal markdown (Teams TextBlock, Discord): metacharacters backslashed,
+    a leading ``-``/``+`` too, and every ``@`` followed by a zero-width joiner so no
+    ``@everyone``/``@here``/``@name`` is a mention."""
+    text = _LEADING.sub(r"\1\\\2", _MARKDOWN.sub(r"\\\1", text))
+    return text.replace("@", "@" + ZWJ)
+
+
 class _Http:
     """A JSON POST to a URL; 2xx is delivered, anything else a DeliveryError."""
 
@@ -102,19 +126,20 @@ class WebhookChannel(_Http):
 
 class SlackChannel(_Http):
     def body(self, alert: Mapping[str, Any]) -> dict[str, Any]:
-        return {"text": text_of(alert)}
+        return {"text": slack_escape(text_of(alert))}
 
 
 class DiscordChannel(_Http):
     def body(self, alert: Mapping[str, Any]) -> dict[str, Any]:
-        return {"content": text_of(alert)[:2000], "allowed_mentions": {"parse": []}}
+        return {"content": markdown_escape(text_of(alert))[:2000],
+                "allowed_mentions": {"parse": []}}
 
 
 class TeamsChannel(_Http):
     """A Teams workflow ("When a Teams webhook request is received") takes an Adaptive Card."""
 
     def body(self, alert: Mapping[str, Any]) -> dict[str, Any]:
-        facts = [{"title": k, "value": str(alert[k])} for k in (
+        facts = [{"title": k, "value": markdown_escape(str(alert[k]))} for k in (
             "kind", "severity", "token_id", "subject", "ip", "threshold", "window", "raised_at")
             if alert.get(k)]
         return {"type": "message", "attachments": [{
@@ -123,7 +148,8 @@ class TeamsChannel(_Http):
                         "type": "AdaptiveCard", "version": "1.4", "body": [
                             {"type": "TextBlock", "weight": "Bolder", "wrap": True,
                              "text": f"authgate {alert['severity']}: {alert['kind']}"},
-                            {"type": "TextBlock", "wrap": True, "text": alert["message"]},
+                            {"type": "TextBlock", "wrap": True,
+                             "text": markdown_escape(alert["message"])},
                             {"type": "FactSet", "facts": facts}]}}]}
 
 

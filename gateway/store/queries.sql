@@ -177,9 +177,11 @@ INSERT INTO subjects (subject) VALUES ($1)
 ON CONFLICT (subject) DO UPDATE SET subject = excluded.subject
 
 -- name: created_since
--- The subject's newest token creations in the window, newest first, at most the limit.
+-- The subject's newest token creations in the window, newest first, at most the limit. A
+-- rotation creates a token (the successor) and counts too (SPEC §3: "tokens created for one
+-- subject, by any caller"): else rotating with a grace multiplies working tokens past the limit.
 SELECT at FROM token_events
-WHERE subject = $1 AND type = 'token_created' AND at > $2
+WHERE subject = $1 AND type IN ('token_created', 'token_rotated') AND at > $2
 ORDER BY at DESC LIMIT $3
 -- name: set_quota
 -- Named limits and credits (SPEC §13), written with the token (insert, rotation).
@@ -212,3 +214,17 @@ RETURNING credits_remaining, credits_period
 -- name: credits_zero
 -- ... then nothing left on the old token, and no refill of it either.
 UPDATE tokens SET credits_remaining = 0, credits_refill = NULL WHERE id = $1
+
+-- name: rotatable
+-- The WHERE of rotate_out, read only: whether a rotation refused by the creation limit would
+-- otherwise have happened (a token that cannot be rotated is refused as such, not as limited).
+SELECT id FROM tokens WHERE id = $1 AND grace_until IS NULL
+  AND (revoked_at IS NULL OR revoked_at > $2)
+  AND (expires_at IS NULL OR expires_at > $2)
+
+-- name: count_subject_tokens
+-- How many working tokens (not revoked, not expired; a rotated-out one in its grace counts)
+-- have exactly this subject: a suspension's answer, so one that matches nothing shows.
+SELECT COUNT(*) AS n FROM tokens WHERE subject = $1
+  AND (revoked_at IS NULL OR revoked_at > $2)
+  AND (expires_at IS NULL OR expires_at > $2)

@@ -358,19 +358,24 @@ class SqlStore:
                            event: Event) -> TokenRecord | None:
         """Rotate out ``old_id`` and insert its successor; None if it cannot be rotated."""
         async with self.driver.transaction() as tx:
-            if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
-                return None
-            if successor.credits is not None:  # the balance moves over, as it is now
-                moved = await tx.fetchrow(Q("credits_hand_over"), old_id)
-                if moved is not None:
-                    await tx.execute(Q("credits_zero"), old_id)
-                    successor = replace(successor, credits=replace(
-                        successor.credits, remaining=int(moved["credits_remaining"]),
-                        period=int(moved["credits_period"]), generation=0))
-            await self._insert(tx, successor)
-            await tx.execute(Q("insert_event"), *_event_row(event))
-            row = await tx.fetchrow(Q("get_token"), old_id)
-            return _record(row) if row else None
+            return await self._rotate(tx, old_id, successor, grace_until, event)
+
+    async def _rotate(self, tx: Conn, old_id: str, successor: TokenRecord,
+                      grace_until: datetime, event: Event) -> TokenRecord | None:
+        """``rotate_token``'s writes in ``tx`` (also run by ``rotate_token_limited``)."""
+        if not await tx.execute(Q("rotate_out"), old_id, grace_until, event.at):
+            return None
+        if successor.credits is not None:  # the balance moves over, as it is now
+            moved = await tx.fetchrow(Q("credits_hand_over"), old_id)
+            if moved is not None:
+                await tx.execute(Q("credits_zero"), old_id)
+                successor = replace(successor, credits=replace(
+                    successor.credits, remaining=int(moved["credits_remaining"]),
+                    period=int(moved["credits_period"]), generation=0))
+        await self._insert(tx, successor)
+        await tx.execute(Q("insert_event"), *_event_row(event))
+        row = await tx.fetchrow(Q("get_token"), old_id)
+        return _record(row) if row else None
 
     async def cleanup(self, before: datetime, event: Event) -> int:
         async with self.driver.transaction() as tx:
@@ -527,6 +532,25 @@ class SqlStore:
             await tx.execute(Q("insert_event"), *_event_row(event))
             return None
 
+    async def rotate_token_limited(self, old_id: str, successor: TokenRecord,
+                                   grace_until: datetime, event: Event, limit: RateLimit,
+                                   refused: Event) -> tuple[TokenRecord | None, float | None]:
+        """``rotate_token`` counted against ``limit`` like ``insert_token_limited`` (the
+        successor is a new token of the subject): (the old record, None) when rotated, (None,
+        seconds to wait) when refused by the limit (``refused`` recorded), (None, None) when
+        the token cannot be rotated (nothing written). Under the subject's lock, so exact."""
+        async with self.driver.transaction() as tx:
+            await tx.execute(Q("lock_subject"), successor.subject)
+            since = event.at - timedelta(seconds=limit.window_s)
+            rows = await tx.fetch(Q("created_since"), successor.subject, since, limit.limit)
+            if len(rows) >= limit.limit:
+                if not await tx.fetch(Q("rotatable"), old_id, event.at):
+                    return None, None
+                await tx.execute(Q("insert_event"), *_event_row(refused))
+                frees = _when(rows[-1]["at"]) + timedelta(seconds=limit.window_s)
+                return None, max(0.0, (frees - event.at).total_seconds())
+            return await self._rotate(tx, old_id, successor, grace_until, event), None
+
     async def suspend_subject(self, subject: str, reason: str | None,
                               event: Event) -> tuple[Suspension | None, bool, list[Revoked]]:
         """Suspend ``subject`` (recording ``event``) unless it is already: (the suspension,
@@ -554,6 +578,11 @@ class SqlStore:
     async def get_suspension(self, subject: str) -> Suspension | None:
         row = await self.driver.fetchrow(Q("get_subject"), subject)
         return _suspension(row) if row else None
+
+    async def count_subject_tokens(self, subject: str, now: datetime) -> int:
+        """The working tokens whose subject is exactly ``subject`` (one indexed COUNT)."""
+        row = await self.driver.fetchrow(Q("count_subject_tokens"), subject, now)
+        return int(row["n"]) if row else 0
 
     async def list_suspended(self, limit: int,
                              after: tuple[datetime, str] | None = None) -> list[Suspension]:

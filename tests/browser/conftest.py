@@ -13,11 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
 from tests.conftest import ARTIFACTS
 
 CHROMIUM = "/usr/bin/chromium"
+# The page waits on the admin API, which shares 2 cores with the whole suite: generous waits.
+expect.set_options(timeout=15_000)
 
 
 def ensure_chromium() -> str:

@@ -171,18 +171,78 @@ async def test_creation_limit_refuses_beyond_n_per_window_and_records_the_refusa
         await auth.create(ADMIN, subject="alice", name="n")
 
 
-async def test_deleting_tokens_does_not_give_creations_back_rotation_does_not_count(
+async def test_deleting_tokens_does_not_give_creations_back_and_rotation_counts(
         store, clock):
-    auth = _limited(store, clock, "2/day")
+    auth = _limited(store, clock, "3/day")
     first, _ = await auth.create(CLI, subject="alice", name="n")
     await auth.delete(CLI, first.id)
     second, _ = await auth.create(CLI, subject="alice", name="n")
+    successor, _, _ = await auth.rotate(CLI, second.id)  # the successor is a creation
     with pytest.raises(CreationLimited):
         await auth.create(CLI, subject="alice", name="n")
-    successor, _, _ = await auth.rotate(CLI, second.id)  # a replacement, not a creation
-    await auth.rotate(CLI, successor.id)
-    with pytest.raises(CreationLimited):
-        await auth.create(CLI, subject="alice", name="n")
+    with pytest.raises(CreationLimited) as e:
+        await auth.rotate(CLI, successor.id)
+    assert e.value.limit == "3/day"
+    # the refused rotation changed nothing: the successor is still active, not rotated out
+    still = await auth.get(successor.id)
+    assert still.status(clock()) == "active" and still.grace_until is None
+    assert len((await auth.list(subject="alice", status="active"))[0]) == 2
+
+
+async def test_rotating_with_a_grace_cannot_multiply_tokens_past_the_creation_limit(
+        store, clock):
+    """The attack: creation_limit 3/hour, one token rotated 20 times with a day of grace
+    (every rotated-out token works on through its grace). Exactly 3 tokens work after."""
+    auth = _limited(store, clock, "3/hour")
+    token, _ = await auth.create(ADMIN, subject="alice", name="child")
+    refused = 0
+    for _ in range(20):
+        try:
+            token, _, _ = await auth.rotate(ADMIN, token.id, grace=86400)
+        except CreationLimited as e:
+            assert e.retry_after_s > 0
+            refused += 1
+    assert refused == 18
+    working = [r for r in (await auth.list(subject="alice", limit=100))[0]
+               if r.status(clock()) in ("active", "grace")]
+    assert len(working) == 3, [r.status(clock()) for r in working]
+    events = (await auth.events(type="rate_limited", limit=100))[0]
+    assert len(events) == 18
+    assert {(e.subject, e.actor, e.ip, tuple(sorted(e.details.items()))) for e in events} == {
+        ("alice", "admin:tok_x", "10.0.0.7",
+         (("limit", "3/hour"), ("reason", "creation_limit")))}
+
+
+async def test_a_rotation_that_cannot_happen_is_refused_as_such_not_as_limited(store, clock):
+    from gateway.errors import Refused
+    auth = _limited(store, clock, "1/hour")
+    token, _ = await auth.create(CLI, subject="alice", name="n")
+    await auth.revoke(CLI, token.id)
+    with pytest.raises(Refused) as e:
+        await auth.rotate(CLI, token.id)
+    assert not isinstance(e.value, CreationLimited) and "revoked" in str(e.value)
+    assert (await auth.events(type="rate_limited"))[0] == []
+
+
+async def test_rotations_under_the_creation_limit_are_exact_under_concurrency(
+        store_url, store, clock):
+    """10 tokens (made without a limit) rotated concurrently from two processes' stores under a
+    limit of 4/hour: exactly 4 rotations happen, 6 are refused."""
+    plain = TokenAuthority(store, Settings(pepper="test-pepper"), clock=clock)
+    made = [(await plain.create(CLI, subject="alice", name=f"n{i}"))[0] for i in range(10)]
+    clock.advance(hours=2)  # the creations left the window
+    other = make_store(store_url)
+    await other.open()
+    try:
+        auths = [_limited(store, clock, "4/hour"), _limited(other, clock, "4/hour")]
+        results = await asyncio.gather(*(
+            auths[i % 2].rotate(CLI, t.id) for i, t in enumerate(made)), return_exceptions=True)
+    finally:
+        await other.close()
+    rotated = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, CreationLimited)]
+    assert len(rotated) == 4 and len(refused) == 6, results
+    assert len((await plain.events(type="token_rotated", limit=100))[0]) == 4
 
 
 async def test_imports_do_not_count(store, clock, tmp_path):
@@ -225,3 +285,37 @@ async def test_without_a_creation_limit_nothing_is_counted(authority):
     for _ in range(30):
         await authority.create(CLI, subject="alice", name="n")
     assert (await authority.events(type="rate_limited"))[0] == []
+
+
+async def test_token_count_counts_working_tokens_of_exactly_the_subject(authority, clock):
+    """Subjects are exact strings: the count a suspension answers with shows one that matches
+    nothing (NFD vs NFC, case, a trailing space)."""
+    import unicodedata
+    nfc = unicodedata.normalize("NFC", "josé")
+    nfd = unicodedata.normalize("NFD", "josé")
+    assert nfc != nfd
+    live, _ = await authority.create(CLI, subject=nfc, name="a")
+    await authority.create(CLI, subject=nfc, name="b")
+    gone, _ = await authority.create(CLI, subject=nfc, name="c")
+    await authority.revoke(CLI, gone.id)
+    await authority.create(CLI, subject=nfc, name="d", expires_in=60)
+    await authority.rotate(CLI, live.id, grace=3600)  # the old one works on in its grace
+    clock.advance(seconds=120)  # "d" expired
+    assert await subjects.token_count(authority, nfc) == 3  # b, a's successor, a in its grace
+    for other in (nfd, "José", nfc + " ", "JOSÉ"):
+        assert await subjects.token_count(authority, other) == 0, other
+    clock.advance(hours=2)  # the grace ended
+    assert await subjects.token_count(authority, nfc) == 2
+    with pytest.raises(InvalidInput):
+        await subjects.token_count(authority, "x" * 201)
+
+
+async def test_a_rotation_under_the_creation_limit_hands_credits_over_like_any(store, clock):
+    """rotate_token_limited runs rotate_token's writes: the balance moves to the successor."""
+    auth = _limited(store, clock, "5/hour")
+    record, _ = await auth.create(ADMIN, subject="alice", name="n",
+                                  credits={"remaining": 30, "refill": None})
+    successor, _, _ = await auth.rotate(ADMIN, record.id)
+    new, old = await store.get_token(successor.id), await store.get_token(record.id)
+    assert new is not None and new.credits is not None and new.credits.remaining == 30
+    assert old is not None and old.credits is not None and old.credits.remaining == 0

@@ -4,6 +4,7 @@ loopback, on both backend pairs; two replicas sharing PostgreSQL + Redis for the
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -188,14 +189,23 @@ async def test_the_creation_limit_answers_429_for_every_caller(start_gateway, ht
         assert "creation_limit" in r.json()["error_description"]
         assert 3500 <= int(r.headers["retry-after"]) <= 3600
     await create(http, gw, "bob")  # another subject has its own count
-    r = await http.post(f"{gw.admin}/v1/tokens/{mine['id']}/rotate", headers=ADMIN)
-    assert r.status_code == 201  # rotation replaces a token: not counted
+    # a rotation creates a token (its successor): with a grace, uncounted rotations would
+    # leave the subject ever more working tokens, so it is refused the same way
+    for headers in (bearer(me["token"]), ADMIN):
+        r = await http.post(f"{gw.admin}/v1/tokens/{mine['id']}/rotate", headers=headers,
+                            json={"grace_s": 86400})
+        assert r.status_code == 429, r.text
+        assert r.json()["error"] == "rate_limited"
+        assert "creation_limit" in r.json()["error_description"]
+        assert 3500 <= int(r.headers["retry-after"]) <= 3600
     events, _ = await gw.gateway.authority.events(type="rate_limited")
+    limited = {"reason": "creation_limit", "limit": "3/hour"}
     assert [(e.subject, e.actor, dict(e.details)) for e in events] == [
-        ("alice", f"self:{me['id']}", {"reason": "creation_limit", "limit": "3/hour"}),
-        ("alice", "admin:bootstrap", {"reason": "creation_limit", "limit": "3/hour"})]
+        ("alice", "admin:bootstrap", limited), ("alice", f"self:{me['id']}", limited),
+        ("alice", f"self:{me['id']}", limited), ("alice", "admin:bootstrap", limited)]
     r = await http.get(f"{gw.admin}/v1/tokens?subject=alice", headers=ADMIN)
-    assert len(r.json()["items"]) == 4  # three created and one rotation's successor
+    items = r.json()["items"]
+    assert len(items) == 3 and all(t["status"] == "active" for t in items)
 
 
 async def test_concurrent_creates_over_the_api_stop_exactly_at_the_limit(start_gateway, http):
@@ -230,12 +240,17 @@ def test_cli_suspend_resume_list_and_the_creation_limit(store_url, store):
     authgate("subjects", "suspend", store=store_url, check=2)
 
     env = {"AUTHGATE_CREATION_LIMIT": "1/day"}
-    authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url, env=env)
+    first = json.loads(authgate("tokens", "create", "--subject", "bob", "--name", "n", "--json",
+                                store=store_url, env=env).stdout)["id"]
     refused = authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url,
                        env=env, check=1)
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "creation_limit" in lines[0] and "retry in" in lines[0]
     assert refused.stdout == ""
+    refused = authgate("tokens", "rotate", first, "--grace", "24h", store=store_url,
+                       env=env, check=1)  # a rotation is a creation too
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "creation_limit" in lines[0] and refused.stdout == ""
     bad = authgate("tokens", "create", "--subject", "bob", "--name", "n", store=store_url,
                    env={"AUTHGATE_CREATION_LIMIT": "5/fortnight"}, check=1)
     assert "creation_limit" in bad.stderr
@@ -317,3 +332,117 @@ async def test_suspension_reaches_every_replica_within_the_bound(start_gateway, 
                           cache=cache_url)))
     print(f"suspension via the CLI (redis) seen on every replica after {delay * 1000:.0f} ms")
     assert delay < 0.5
+
+
+# --- subjects with a slash, over raw HTTP (httpx would normalise the path) -------------------
+
+
+def raw(base: str, method: str, path: str, headers: dict[str, str],
+        body: str | None = None) -> tuple[int, Any]:
+    """One request with ``path`` sent byte for byte (``%2F`` stays ``%2F``)."""
+    import http.client
+    import json as json_
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+    try:
+        hdrs = {**headers, "Content-Type": "application/json"} if body is not None else headers
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, json_.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+async def test_a_subject_with_a_slash_can_be_suspended_resumed_read_and_revoked(
+        start_gateway, http):
+    gw = await start(start_gateway)
+    carol = await create(http, gw, "team/carol")
+    me = await create(http, gw, "team/carol", "self", ["authgate:self", "read"])
+    other = await create(http, gw, "team/dave", "self", ["authgate:self", "read"])
+
+    async def call(method: str, path: str, headers: dict[str, str] = ADMIN,
+                   body: str | None = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(raw, gw.admin, method, path, headers, body)
+
+    for spelling in ("team%2Fcarol", "team/carol", "team%2fcarol"):
+        status, body = await call("POST", f"/v1/subjects/{spelling}/suspend", body="{}")
+        assert status == 200 and body["subject"] == "team/carol" and body["suspended"], body
+        r = await http.get(f"{gw.proxy}/echo", headers=bearer(carol["token"]))
+        assert r.status_code == 401
+        status, body = await call("GET", f"/v1/subjects/{spelling}/suspension")
+        assert status == 200 and body["suspended"] and body["subject"] == "team/carol"
+        # the list still routes to the list, and shows the subject
+        status, body = await call("GET", "/v1/subjects/suspended")
+        assert status == 200 and [s["subject"] for s in body["items"]] == ["team/carol"]
+        status, body = await call("POST", f"/v1/subjects/{spelling}/resume")
+        assert status == 200 and not body["suspended"] and body["subject"] == "team/carol"
+        status, body = await call("GET", f"/v1/subjects/{spelling}/suspension")
+        assert status == 200 and not body["suspended"]
+    # a subject named like the list's path segment is a subject like any other
+    status, body = await call("GET", "/v1/subjects/suspended/suspension")
+    assert status == 200 and body["subject"] == "suspended" and not body["suspended"]
+
+    # self callers: still 403 for suspension (their own subject too), and only their own
+    # subject's bulk revoke
+    for path in ("/v1/subjects/team%2Fcarol/suspend", "/v1/subjects/team/carol/resume"):
+        status, body = await call("POST", path, bearer(me["token"]))
+        assert status == 403, body
+    status, _ = await call("GET", "/v1/subjects/team%2Fcarol/suspension", bearer(me["token"]))
+    assert status == 403
+    status, _ = await call("GET", "/v1/subjects/suspended", bearer(me["token"]))
+    assert status == 403
+    status, body = await call("POST", "/v1/subjects/team%2Fcarol/revoke", bearer(other["token"]))
+    assert status == 403, body
+    status, body = await call("POST", "/v1/subjects/team%2Fcarol/revoke", body="{}")
+    assert status == 200 and body == {"revoked": 2}, body
+    r = await http.get(f"{gw.proxy}/echo", headers=bearer(carol["token"]))
+    assert r.status_code == 401
+    r = await http.get(f"{gw.proxy}/echo", headers=bearer(other["token"]))
+    assert r.status_code == 200  # team/dave untouched
+    status, body = await call("POST", "/v1/subjects/team/dave/revoke", bearer(other["token"]))
+    assert status == 200 and body == {"revoked": 1}, body
+    # an empty subject is bad input, not a route to something else
+    status, body = await call("POST", "/v1/subjects//suspend")
+    assert status == 422 and body["error"] == "invalid_request", (status, body)
+
+
+# --- a suspension that matches no token shows it (subjects are exact strings) ----------------
+
+
+async def test_suspend_and_resume_answer_how_many_tokens_have_exactly_the_subject(
+        start_gateway, http):
+    import unicodedata
+    gw = await start(start_gateway)
+    nfc, nfd = (unicodedata.normalize(f, "josé") for f in ("NFC", "NFD"))
+    await create(http, gw, nfc)
+    await create(http, gw, nfc, "two")
+    gone = await create(http, gw, nfc, "gone")
+    r = await http.post(f"{gw.admin}/v1/tokens/{gone['id']}/revoke", headers=ADMIN)
+    assert r.status_code == 200
+    url = f"{gw.admin}/v1/subjects"
+    for subject, tokens in ((nfc, 2), (nfd, 0), ("José", 0), (nfc + " ", 0), ("nobody", 0)):
+        r = await http.post(f"{url}/{quote(subject)}/suspend", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["subject"] == subject
+        assert r.json()["tokens"] == tokens and r.json()["suspended"], (subject, r.json())
+        r = await http.post(f"{url}/{quote(subject)}/resume", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["tokens"] == tokens and not r.json()["suspended"]
+    r = await http.get(f"{url}/{quote(nfc)}/suspension", headers=ADMIN)
+    assert "tokens" not in r.json()  # the state read is unchanged
+
+
+def test_cli_suspend_json_answers_the_token_count(store_url, store):
+    authgate("tokens", "create", "--subject", "alice", "--name", "n", store=store_url)
+    out = json.loads(authgate("subjects", "suspend", "alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 1 and out["suspended"] is True
+    out = json.loads(authgate("subjects", "resume", "alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 1 and out["suspended"] is False
+    out = json.loads(authgate("subjects", "suspend", "Alice", "--json", store=store_url).stdout)
+    assert out["tokens"] == 0
+    text = authgate("subjects", "suspend", "alice ", store=store_url)
+    assert text.stdout.strip() == "suspended alice"
+    assert "no working token has exactly the subject 'alice '" in text.stderr
+    quiet = authgate("subjects", "suspend", "alice", store=store_url)
+    assert quiet.stderr == ""
