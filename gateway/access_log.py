@@ -175,13 +175,15 @@ class AccessLog:
 
     def decided(self, wall: float, started: float, request_id: bytes, client_ip: str | None,
                 method: str | None, path: str | None, status: int, outcome: str,
-                route: str | None, decision: Decision | None) -> None:
-        """Queue the line of a forward-auth decision: the method and path judged (null when
-        the request was refused before they could be read), no upstream, no body bytes. The
-        path, read from headers as latin-1, is logged as its bytes are (as the proxy's)."""
+                route: str | None, decision: Decision | None, bytes_in: int = 0,
+                bytes_out: int = 0) -> None:
+        """Queue the line of a forward-auth decision (or of a WebSocket upgrade, whose
+        message bytes the relay counts): the method and path judged (null when the request was
+        refused before they could be read), no upstream. The path, read from headers as
+        latin-1, is logged as its bytes are (as the proxy's)."""
         raw = path.encode("latin-1", "backslashreplace") if path is not None else None
         self._queue(wall, request_id, client_ip, method, raw, status, outcome, route,
-                    decision, None, time.perf_counter() - started, 0, 0)
+                    decision, None, time.perf_counter() - started, bytes_in, bytes_out)
 
     def _queue(self, wall: float, request_id: bytes, client_ip: str | None,
                method: str | None, path: bytes | str | None, status: int, outcome: str,

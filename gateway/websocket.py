@@ -33,6 +33,10 @@ transport to drain, so at most a few messages are held. A side that stops readin
 ``ws_watch.WRITE_STALL_S`` while we write to it is cut off (client: its TCP connection is aborted;
 upstream: the connection is closed) and the other side closed; other connections are unaffected.
 
+Access log (``pipeline.access_log``, when on): one line per upgrade, ``AccessLog.decided``: a
+refusal (or 502/504) when it is answered; an admitted upgrade when its connection ends (status
+101, outcome ``ok``, the message bytes relayed each way, total_ms its lifetime).
+
 Revocation: each open connection is registered with a ``gateway.ws_watch.TokenWatch``, which
 re-reads its token through the pipeline's cache every ``RECHECK_S`` and ends the connection (1008
 both ways) once the token is no longer usable, within the revocation bound.
@@ -52,6 +56,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from yarl import URL
 
 from gateway import responses, ws_watch
+from gateway.access_log import route_of
 from gateway.config import Settings
 from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
@@ -173,18 +178,24 @@ class WebSocketRelay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        wall = time.time()
         request_id = request_id_of(scope)
         await receive()  # websocket.connect
         client = scope.get("client")
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        ip: str | None = None
         try:
-            raw_path = scope.get("raw_path")
-            path = raw_path.decode("latin-1") if raw_path else scope["path"]
             ip = self._pipeline.client_address(client[0] if client else None, scope["headers"])
             decision = await self._pipeline.decide("GET", path, scope["headers"], ip)
         except Refusal as refusal:
             status, headers, body = responses.refusal(refusal)
             await _deny(scope, send, status, body, headers, request_id)
             self._observe(refusal.reason, started)
+            access = self._pipeline.access_log
+            if access is not None:  # refused before any upgrade: which route it was judged under
+                access.decided(wall, started, request_id, ip, "GET", path, status,
+                               refusal.reason, route_of(self._pipeline.router, "GET", path), None)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
         extra.append((b"x-request-id", request_id))
@@ -194,15 +205,25 @@ class WebSocketRelay:
             status, body = responses.upstream_error(e)
             await _deny(scope, send, status, body, extra, request_id=None)
             self._observe(e.reason, started)
+            access = self._pipeline.access_log
+            if access is not None:
+                access.decided(wall, started, request_id, ip, "GET", path, status, e.reason,
+                               decision.route.pattern, decision)
             return
+        access = self._pipeline.access_log  # the log on at the upgrade is the one written to
+        conn = OpenSocket(decision.record.token_hash if decision.record else "",
+                          decision.route.scopes, asyncio.get_running_loop().create_future())
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol,
                         "headers": extra})
             self._observe("ok", started)
-            await self._relay(receive, send, upstream, decision)
+            await self._relay(receive, send, upstream, conn)
         finally:
             if not upstream.closed:  # cancelled (shutdown), or an error: never leave it open
                 await _close_upstream(upstream, 1001, "")
+            if access is not None:  # one line when the socket ends: 101, its message bytes
+                access.decided(wall, started, request_id, ip, "GET", path, 101, "ok",
+                               decision.route.pattern, decision, conn.bytes_in, conn.bytes_out)
 
     async def _connect(self, scope: Scope, decision: Decision,
                        request_id: bytes) -> aiohttp.ClientWebSocketResponse:
@@ -234,13 +255,10 @@ class WebSocketRelay:
         return upstream
 
     async def _relay(self, receive: Receive, send: Send,
-                     upstream: aiohttp.ClientWebSocketResponse, decision: Decision) -> None:
-        record = decision.record
-        conn = OpenSocket(record.token_hash if record else "", decision.route.scopes,
-                          asyncio.get_running_loop().create_future())
+                     upstream: aiohttp.ClientWebSocketResponse, conn: OpenSocket) -> None:
         self.watch.add(conn)  # on an auth: none route, for stalled upstream writes only
         inbound = asyncio.ensure_future(_client_to_upstream(receive, upstream, conn))
-        outbound = asyncio.ensure_future(_upstream_to_client(upstream, send))
+        outbound = asyncio.ensure_future(_upstream_to_client(upstream, send, conn))
         try:
             await asyncio.wait({inbound, outbound, conn.ended},
                                return_when=asyncio.FIRST_COMPLETED)
@@ -281,8 +299,10 @@ async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocke
             conn.upstream_since = time.monotonic()
             text = message.get("text")
             if text is not None:
+                conn.bytes_in += len(text.encode())
                 await upstream.send_str(text)
             else:
+                conn.bytes_in += len(message["bytes"])
                 await upstream.send_bytes(message["bytes"])
             conn.upstream_since = 0.0
         elif kind == "websocket.disconnect":
@@ -290,13 +310,15 @@ async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocke
 
 
 async def _upstream_to_client(upstream: aiohttp.ClientWebSocketResponse,
-                              send: Send) -> tuple[int, str]:
+                              send: Send, conn: OpenSocket) -> tuple[int, str]:
     """Relay the upstream's messages; returns its close code and reason (1006: lost)."""
     while True:
         msg = await upstream.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
+            conn.bytes_out += len(msg.data.encode())
             await send({"type": "websocket.send", "text": msg.data})
         elif msg.type is aiohttp.WSMsgType.BINARY:
+            conn.bytes_out += len(msg.data)
             await send({"type": "websocket.send", "bytes": msg.data})
         elif msg.type is aiohttp.WSMsgType.CLOSE:
             return msg.data, _reason(msg.extra)

@@ -50,6 +50,8 @@ class OpenSocket:
     scopes: tuple[str, ...]  # the route's
     ended: asyncio.Future[tuple[int, str]]
     upstream_since: float = 0.0  # monotonic start of a pending write to the upstream; 0: none
+    bytes_in: int = 0  # message bytes relayed client -> upstream (the access log's)
+    bytes_out: int = 0  # message bytes relayed upstream -> client
 
     def end(self, code: int, reason: str) -> None:
         if not self.ended.done():

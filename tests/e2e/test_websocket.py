@@ -526,3 +526,28 @@ async def test_a_target_never_reaches_another_host(start_gateway, ws_upstream, b
     else:  # not origin-form: refused, nothing forwarded
         assert status.startswith(b"HTTP/1.1 4"), status
         assert ws_upstream.headers == []
+
+
+async def test_refused_and_admitted_upgrades_are_access_logged(start_gateway, ws_upstream):
+    from gateway.access_log import FIELDS, AccessLog, format_line
+    rg = await gateway(start_gateway, ws_upstream)
+    log = AccessLog()  # not started: its queued lines are read here
+    rg.gateway.pipeline.access_log = log
+    token_id, secret = await token(rg, scopes=["read"])
+    r = await refused(ws_url(rg, "/admin-only/x"), bearer(secret))
+    assert r.status_code == 403
+    async with connect(ws_url(rg, "/echo"), additional_headers=bearer(secret)) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+    await wait_for(lambda: len(log._pending) == 2)
+    lines = [format_line(values) for values in log._pending]
+    assert all(secret.encode() not in line for line in lines)
+    denied, admitted = (json.loads(line) for line in lines)
+    assert set(denied) == set(admitted) == set(FIELDS)
+    assert denied["status"] == 403 and denied["outcome"] == "insufficient_scope"
+    assert denied["route"] == "/admin-only/*" and denied["path"] == "/admin-only/x"
+    assert denied["method"] == "GET" and denied["request_id"] == r.headers["X-Request-Id"]
+    assert admitted["status"] == 101 and admitted["outcome"] == "ok"
+    assert admitted["path"] == "/echo" and admitted["route"] == "/*"
+    assert admitted["token_id"] == token_id and admitted["subject"] == "alice"
+    assert admitted["bytes_in"] == 5 and admitted["bytes_out"] >= 5
