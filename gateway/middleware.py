@@ -269,8 +269,10 @@ class AuthGateMiddleware:
         if record is not None:  # an auth: none route has no token to watch
             if self._watch is None:
                 self._watch = TokenWatch(services.pipeline)
+            raw_path = scope.get("raw_path")  # judged again against the router after a reload
             conn = OpenSocket(record.token_hash, decision.route.scopes,
-                              asyncio.get_running_loop().create_future())
+                              asyncio.get_running_loop().create_future(),
+                              path=raw_path.decode("latin-1") if raw_path else scope["path"])
             self._watch.add(conn)
             closer = asyncio.create_task(close_when_ended(conn))
         try:

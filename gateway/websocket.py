@@ -212,7 +212,8 @@ class WebSocketRelay:
             return
         access = self._pipeline.access_log  # the log on at the upgrade is the one written to
         conn = OpenSocket(decision.record.token_hash if decision.record else "",
-                          decision.route.scopes, asyncio.get_running_loop().create_future())
+                          decision.route.scopes, asyncio.get_running_loop().create_future(),
+                          path=path)
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol,
                         "headers": extra})

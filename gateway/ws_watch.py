@@ -10,7 +10,10 @@ Every ``RECHECK_S`` the watch re-reads each open connection's token through the 
 (an in-process hit is a dict lookup, taken without a task; a miss goes to Redis, then the store,
 as a request's would, concurrently for all misses) and ends with 1008 the connections of a token
 that is now unknown, revoked, expired, rotated out past its grace, otherwise unusable
-(``Pipeline._unusable``: suspension too), or that lacks its route's scopes. Cache entries die
+(``Pipeline._unusable``: suspension too), or that lacks its route's scopes. After a reload
+(the pipeline's router replaced) each connection's route is judged again from its raw path
+first: one that now needs a token it lacks (was ``auth: none``), or a scope its token lacks,
+ends with 1008 too. Cache entries die
 within ``local_cache_ttl_s`` of a change (at once on the broadcast), so a connection ends within
 the revocation bound (``local_cache_ttl_s`` + 1 s) whichever replica made the change. When the
 token cannot be re-read (store unreachable, nothing cached) the connection ends with 1013 (try
@@ -27,8 +30,9 @@ from dataclasses import dataclass
 
 from gateway import tokens
 from gateway.cache import MISS
-from gateway.errors import StoreUnavailable
+from gateway.errors import Refusal, StoreUnavailable
 from gateway.pipeline import Pipeline
+from gateway.routes import Router
 from gateway.store import TokenRecord
 
 __all__ = ["POLICY", "RECHECK_S", "STALLED", "TRY_AGAIN", "WRITE_STALL_S", "OpenSocket",
@@ -52,6 +56,7 @@ class OpenSocket:
     upstream_since: float = 0.0  # monotonic start of a pending write to the upstream; 0: none
     bytes_in: int = 0  # message bytes relayed client -> upstream (the access log's)
     bytes_out: int = 0  # message bytes relayed upstream -> client
+    path: str = ""  # the raw path of the upgrade: its route is judged again after a reload
 
     def end(self, code: int, reason: str) -> None:
         if not self.ended.done():
@@ -67,11 +72,14 @@ class TokenWatch:
         self._pipeline = pipeline
         self._open: dict[str, set[OpenSocket]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._router: Router | None = None  # the router the open connections were judged under
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._open.values())
 
     def add(self, conn: OpenSocket) -> None:
+        if not self._open:  # the first one was judged under the current router
+            self._router = self._pipeline.router
         self._open.setdefault(conn.token_hash, set()).add(conn)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -97,7 +105,12 @@ class TokenWatch:
                 log.exception("websocket token sweep failed")
 
     async def sweep(self) -> None:
-        """Judge every open connection's token now (cache first, as requests are)."""
+        """Judge every open connection's token now (cache first, as requests are); after a
+        reload (a new router), each connection's route first."""
+        router = self._pipeline.router
+        if router is not self._router:
+            self._router = router
+            self._rejudge_routes(router)
         local = self._pipeline.cache.local
         misses: list[str] = []
         for token_hash, conns in list(self._open.items()):
@@ -115,6 +128,24 @@ class TokenWatch:
             for conn in conns:
                 if 0 < conn.upstream_since < stalled:
                     conn.end(1001, STALLED)
+
+    def _rejudge_routes(self, router: Router) -> None:
+        """A reload may tighten a connection's route: a path that now matches no route that
+        admits it, or an ``auth: none`` route that now requires a token, ends with 1008; else
+        the connection takes the new route's scopes (the token is judged on them next)."""
+        for token_hash, conns in list(self._open.items()):
+            for conn in list(conns):
+                if not conn.path:
+                    continue
+                try:
+                    route = router.match(conn.path, "GET")
+                except Refusal:
+                    conn.end(POLICY, "route no longer admits this connection")
+                    continue
+                if route.auth_required and not token_hash:
+                    conn.end(POLICY, "route now requires a token")
+                else:
+                    conn.scopes = route.scopes
 
     async def _reread(self, token_hash: str) -> None:
         pipeline = self._pipeline

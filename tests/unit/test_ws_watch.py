@@ -141,3 +141,32 @@ def test_close_reasons_fit_a_close_frame() -> None:
     assert _reason(None) == "" and _reason(b"bye") == "bye"
     long = "ł" * 100  # 200 bytes of UTF-8: cut at 123 bytes, on a character boundary
     assert len(_reason(long).encode()) <= 123 and _reason(long) == "ł" * 61
+
+
+async def test_a_reload_that_tightens_a_route_ends_its_connections(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    routes = [{"path": "/open/*", "auth": "none"}, {"path": "/chat/*"}, {"path": "/*"}]
+    settings = Settings(store=f"sqlite:///{tmp_path}/r.db", pepper="watch",
+                        local_cache_ttl_s=5, routes=routes)  # type: ignore[arg-type]
+    async with Services.opened(settings) as services:
+        watch = TokenWatch(services.pipeline)
+        record, chat = await opened(services, scopes=["read"])
+        chat.path = "/chat/room"
+        other = OpenSocket(record.token_hash, (), asyncio.get_running_loop().create_future(),
+                           path="/else")
+        anonymous = OpenSocket("", (), asyncio.get_running_loop().create_future(),
+                               path="/open/feed")
+        still_open = OpenSocket("", (), asyncio.get_running_loop().create_future(),
+                                path="/open/x")
+        for conn in (chat, other, anonymous, still_open):
+            watch.add(conn)
+        await watch.sweep()
+        assert not any(c.ended.done() for c in (chat, other, anonymous, still_open))
+        services.reload(settings.model_copy(update={"routes": Settings(
+            store=settings.store, pepper="watch", routes=[  # type: ignore[arg-type]
+                {"path": "/open/x"}, {"path": "/open/*", "auth": "none"},
+                {"path": "/chat/*", "scopes": ["chat"]}, {"path": "/*"}]).routes}))
+        await watch.sweep()
+        assert chat.ended.result() == (1008, "token lacks the route's scope")
+        assert still_open.ended.result() == (1008, "route now requires a token")
+        assert not other.ended.done() and not anonymous.ended.done()
+        await watch.close()
