@@ -7,7 +7,9 @@ The dependency raises the pipeline's own ``Refusal``; the middleware renders it 
 gateway does (403 ``insufficient_scope`` with the RFC 6750 challenge naming the scopes; 401 when
 the middleware admitted the request without a token, as on an ``auth: none`` route) and counts
 the 403 as an ``access_denied`` event. Scopes match as tokens do (``reports:*`` grants
-``reports:read``). Without the middleware in front, the Refusal is an unhandled error (500).
+``reports:read``). On a WebSocket, the scopes demanded are also watched: the connection is
+closed with 1008 once its token lacks them (``gateway.ws_watch``). Without the middleware in
+front, the Refusal is an unhandled error (500).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.requests import HTTPConnection
 from gateway import tokens
 from gateway.errors import Refusal
 from gateway.middleware import Auth
+from gateway.ws_watch import SOCKET_STATE, OpenSocket
 
 __all__ = ["Auth", "requires_scopes"]
 
@@ -37,6 +40,10 @@ def requires_scopes(*scopes: str) -> Callable[[HTTPConnection], Awaitable[Auth]]
         if missing is not None:
             raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
                           scope=challenge)
+        # an open WebSocket: the watch closes it once the token lacks them
+        conn = request.scope.get("state", {}).get(SOCKET_STATE)
+        if isinstance(conn, OpenSocket):
+            conn.demanded = tuple(dict.fromkeys((*conn.demanded, *needed)))
         return auth
 
     return dependency

@@ -42,7 +42,7 @@ from gateway.pipeline import Decision
 from gateway.responses import rate_limit_headers
 from gateway.routes import Router
 from gateway.services import Services
-from gateway.ws_watch import OpenSocket, TokenWatch
+from gateway.ws_watch import SOCKET_STATE, OpenSocket, TokenWatch
 
 log = logging.getLogger("authgate.middleware")
 
@@ -274,6 +274,7 @@ class AuthGateMiddleware:
                               asyncio.get_running_loop().create_future(),
                               path=raw_path.decode("latin-1") if raw_path else scope["path"])
             self._watch.add(conn)
+            scope["state"][SOCKET_STATE] = conn  # requires_scopes adds the scopes it demands
             closer = asyncio.create_task(close_when_ended(conn))
         try:
             await self.app(scope, receive, guarded_send)

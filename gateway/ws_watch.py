@@ -13,7 +13,8 @@ that is now unknown, revoked, expired, rotated out past its grace, otherwise unu
 (``Pipeline._unusable``: suspension too), or that lacks its route's scopes. After a reload
 (the pipeline's router replaced) each connection's route is judged again from its raw path
 first: one that now needs a token it lacks (was ``auth: none``), or a scope its token lacks,
-ends with 1008 too. Cache entries die
+ends with 1008 too; so does one whose token lost a scope the app demanded for it
+(``OpenSocket.demanded``, set by ``gateway.fastapi.requires_scopes``). Cache entries die
 within ``local_cache_ttl_s`` of a change (at once on the broadcast), so a connection ends within
 the revocation bound (``local_cache_ttl_s`` + 1 s) whichever replica made the change. When the
 token cannot be re-read (store unreachable, nothing cached) the connection ends with 1013 (try
@@ -35,8 +36,8 @@ from gateway.pipeline import Pipeline
 from gateway.routes import Router
 from gateway.store import TokenRecord
 
-__all__ = ["POLICY", "RECHECK_S", "STALLED", "TRY_AGAIN", "WRITE_STALL_S", "OpenSocket",
-           "TokenWatch"]
+__all__ = ["POLICY", "RECHECK_S", "SOCKET_STATE", "STALLED", "TRY_AGAIN", "WRITE_STALL_S",
+           "OpenSocket", "TokenWatch"]
 
 log = logging.getLogger("authgate.websocket")
 
@@ -45,6 +46,7 @@ WRITE_STALL_S = 30.0  # a side that takes nothing we write for this long is cut 
 POLICY = 1008  # policy violation: the token may no longer use this connection
 TRY_AGAIN = 1013  # try again later: the token cannot be verified now
 STALLED = "upstream stalled"  # the reason of a connection ended for a stalled upstream write
+SOCKET_STATE = "authgate_socket"  # the middleware's OpenSocket in the app's scope["state"]
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +59,7 @@ class OpenSocket:
     bytes_in: int = 0  # message bytes relayed client -> upstream (the access log's)
     bytes_out: int = 0  # message bytes relayed upstream -> client
     path: str = ""  # the raw path of the upgrade: its route is judged again after a reload
+    demanded: tuple[str, ...] = ()  # scopes the app demanded (gateway.fastapi.requires_scopes)
 
     def end(self, code: int, reason: str) -> None:
         if not self.ended.done():
@@ -168,6 +171,9 @@ class TokenWatch:
                 for conn in list(conns):  # its scopes may have changed
                     if conn.scopes and tokens.has_scopes(record.scopes, conn.scopes) is not None:
                         conn.end(POLICY, "token lacks the route's scope")
+                    elif conn.demanded and tokens.has_scopes(record.scopes,
+                                                             conn.demanded) is not None:
+                        conn.end(POLICY, "token lacks the endpoint's scope")
                 return
         for conn in list(conns):
             conn.end(POLICY, "token no longer valid")

@@ -162,3 +162,42 @@ async def test_requires_scopes_on_a_fastapi_websocket_is_the_http_refusal(backen
         async with connect(f"{url}/feed",
                            additional_headers={"Authorization": f"Bearer {reader}"}) as ws:
             assert await ws.recv() == "r"
+
+
+@pytest.mark.parametrize("backend_pair", ["sqlite+memory"], indirect=True)
+async def test_a_token_losing_the_scope_requires_scopes_demanded_is_closed(backend_pair):
+    from fastapi import Depends, FastAPI
+
+    from gateway.fastapi import Auth, requires_scopes
+
+    settings = Settings(store=backend_pair[0], cache="memory://", pepper="mw-ws-pepper",
+                        local_cache_ttl_s=TTL_S)
+    app = FastAPI()
+
+    @app.websocket("/chat")
+    async def chat(websocket: WebSocket,
+                   auth: Auth = Depends(requires_scopes("chat"))) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+
+    app.add_middleware(AuthGateMiddleware, settings=settings)
+    await (await open_empty_store(settings.store)).close()
+    async with Services.opened(settings) as services:
+        record, secret = await services.authority.create(ADMIN, subject="c", name="b",
+                                                         scopes=["chat", "other"])
+        async with running(app) as url:
+            async with connect(f"{url}/chat",
+                               additional_headers={"Authorization": f"Bearer {secret}"}) as ws:
+                await ws.send("hi")
+                assert await ws.recv() == "hi"
+                await services.authority.update(ADMIN, record.id, scopes=["other"])
+                started = time.monotonic()
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), TTL_S + 3)
+                took = time.monotonic() - started
+            assert ws.close_code == 1008
+            assert ws.close_reason == "token lacks the endpoint's scope"
+            assert took <= TTL_S + 2
