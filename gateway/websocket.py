@@ -213,7 +213,7 @@ class WebSocketRelay:
         access = self._pipeline.access_log  # the log on at the upgrade is the one written to
         conn = OpenSocket(decision.record.token_hash if decision.record else "",
                           decision.route.scopes, asyncio.get_running_loop().create_future(),
-                          path=path)
+                          path=path, counted=access is not None)
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol,
                         "headers": extra})
@@ -300,7 +300,8 @@ async def _client_to_upstream(receive: Receive, upstream: aiohttp.ClientWebSocke
             conn.upstream_since = time.monotonic()
             text = message.get("text")
             if text is not None:
-                conn.bytes_in += len(text.encode())
+                if conn.counted:  # the access log is on (encoding text costs a copy)
+                    conn.bytes_in += len(text.encode())
                 await upstream.send_str(text)
             else:
                 conn.bytes_in += len(message["bytes"])
@@ -316,7 +317,8 @@ async def _upstream_to_client(upstream: aiohttp.ClientWebSocketResponse,
     while True:
         msg = await upstream.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
-            conn.bytes_out += len(msg.data.encode())
+            if conn.counted:
+                conn.bytes_out += len(msg.data.encode())
             await send({"type": "websocket.send", "text": msg.data})
         elif msg.type is aiohttp.WSMsgType.BINARY:
             conn.bytes_out += len(msg.data)

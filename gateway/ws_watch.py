@@ -58,6 +58,7 @@ class OpenSocket:
     upstream_since: float = 0.0  # monotonic start of a pending write to the upstream; 0: none
     bytes_in: int = 0  # message bytes relayed client -> upstream (the access log's)
     bytes_out: int = 0  # message bytes relayed upstream -> client
+    counted: bool = False  # text bytes are counted (the access log is on)
     path: str = ""  # the raw path of the upgrade: its route is judged again after a reload
     demanded: tuple[str, ...] = ()  # scopes the app demanded (gateway.fastapi.requires_scopes)
 
