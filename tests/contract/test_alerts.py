@@ -454,3 +454,27 @@ async def test_running_watchers_hand_over_when_the_leader_dies(replicas: Open,
         await asyncio.sleep(0.1)
     else:
         raise AssertionError("the new leader raised nothing")
+
+
+async def test_a_flood_of_targets_is_capped_per_kind_and_run_and_nothing_is_lost(
+        replicas: Open, clock: Clock) -> None:
+    from gateway.monitor.watcher import MAX_ALERTS_PER_KIND as CAP
+    gw = await replicas({"expiry_days": [], "rotation": None, "detectors": {
+        **OFF, "failed_auth": {"count": 1, "window": "5m"}}})
+    w, flood = watcher(gw), CAP + 37
+    ips = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(flood)]
+    await gw.store.insert_events([Event(type="auth_failed", actor="gateway", at=clock(), ip=ip,
+                                        details={"count": 1, "reason": "unknown"}) for ip in ips])
+    first = await w.run_checks()
+    assert len(first) == CAP + 1 and {a.kind for a in first} == {"failed_auth"}
+    summary = [a for a in first if a.ip is None]
+    assert len(summary) == 1 and summary[0].details["suppressed"] == flood - CAP
+    shown = summary[0].details["targets"]
+    assert 0 < len(shown) <= 10 and set(shown) <= set(ips)
+    assert {a.ip for a in first if a.ip} | set(shown) <= set(ips)
+    assert len(await alerts_of(gw, "failed_auth")) == CAP + 1
+    # the suppressed targets were not recorded: the next run raises them, then nothing
+    second = await w.run_checks()
+    assert sorted(a.ip for a in second) == sorted(set(ips) - {a.ip for a in first})
+    assert {a.ip for a in first + second if a.ip} == set(ips)
+    assert await w.run_checks() == []
