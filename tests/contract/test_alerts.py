@@ -478,3 +478,28 @@ async def test_a_flood_of_targets_is_capped_per_kind_and_run_and_nothing_is_lost
     assert sorted(a.ip for a in second) == sorted(set(ips) - {a.ip for a in first})
     assert {a.ip for a in first + second if a.ip} == set(ips)
     assert await w.run_checks() == []
+
+
+async def test_failed_auth_and_rate_limit_breach_group_ipv6_clients_by_their_64(
+        replicas: Open, clock: Clock) -> None:
+    gw = await replicas({"expiry_days": [], "rotation": None, "detectors": {
+        **OFF, "failed_auth": {"count": 10, "window": "5m"},
+        "rate_limit_breach": {"count": 5, "window": "10m"}}})
+    w, now = watcher(gw), clock()
+
+    def refusal(type_: str, ip: str, count: int = 1) -> Event:
+        return Event(type=type_, actor="gateway", at=now, ip=ip,
+                     details={"count": count, "reason": "unknown"})
+
+    # ten /128s of one /64, one refusal each: one client over the threshold; the next /64
+    # and an IPv4 address below it; an IPv4-mapped IPv6 counts with its IPv4
+    await gw.store.insert_events(
+        [refusal("auth_failed", f"2001:db8:1:2::{i:x}") for i in range(1, 11)]
+        + [refusal("auth_failed", "2001:db8:1:3::1", 9), refusal("auth_failed", "192.0.2.1", 5),
+           refusal("auth_failed", "::ffff:192.0.2.1", 5)]
+        + [refusal("rate_limited", f"2001:db8:7:7:{i}::1") for i in range(1, 6)])
+    raised = sorted(await w.run_checks(), key=lambda a: (a.kind, a.ip))
+    assert [(a.kind, a.ip, a.details["count"]) for a in raised] == [
+        ("failed_auth", "192.0.2.1", 10), ("failed_auth", "2001:db8:1:2::/64", 10),
+        ("rate_limit_breach", "2001:db8:7:7::/64", 5)]
+    assert await w.run_checks() == []
