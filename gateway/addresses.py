@@ -16,6 +16,7 @@ never toward an address the client chose.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -100,3 +101,20 @@ def _forwarded_for(headers: Headers) -> list[str]:
     if not values:
         return []
     return b",".join(values).decode("latin-1").split(",")
+
+
+@functools.lru_cache(maxsize=4096)
+def limit_key(ip: str | None) -> str | None:
+    """The key a client address is limited and alerted by: an IPv4 address itself, an IPv6
+    address's /64 (``2001:db8:1:2::/64``: one site or host is given a /64, so each /128 of it
+    having its own failed-auth budget would be 2^64 budgets); an IPv4-mapped IPv6 is its IPv4.
+    Anything that is not an address (None, a name) is its own key. Cached: the hot path pays a
+    dict lookup."""
+    if ip is None:
+        return None
+    addr = parse_address(ip)
+    if addr is None:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    return str(addr)

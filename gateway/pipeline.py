@@ -26,7 +26,9 @@ on a refusal). When the limiter refuses a charge, the address is remembered here
 the limiter would admit it again, and refused before parse, lookup or compare, with no I/O. So
 N forged tokens from one address cost at most ``failed_auth_limit`` store lookups per window
 plus one per replica per block (each replica learns of a block on its own first refused charge),
-plus whatever that address had in flight when it crossed the limit.
+plus whatever that address had in flight when it crossed the limit. "Address" here (the brake,
+``fail:`` and the per-address route limits ``ip:N:``) is ``addresses.limit_key``: an IPv4 address,
+an IPv6 client's /64; events and the access log keep the full address.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from gateway import tokens
-from gateway.addresses import ClientAddresses
+from gateway.addresses import ClientAddresses, limit_key
 from gateway.authority import Actor, TokenAuthority
 from gateway.cache import TokenCache
 from gateway.config import RateLimit, Settings
@@ -147,12 +149,13 @@ class Pipeline:
         is done for it (no I/O); a no-op for an address in good standing."""
         if not self._blocked:  # the hot path: nobody is blocked
             return
-        until = self._blocked.get(ip)
+        key = limit_key(ip)  # an IPv6 client's /64 (gateway.addresses)
+        until = self._blocked.get(key)
         if until is None:
             return
         wait = until - time.monotonic()
         if wait <= 0:
-            self._blocked.pop(ip, None)
+            self._blocked.pop(key, None)
             return
         self._over_failed_limit(ip, math.ceil(wait))
 
@@ -161,12 +164,12 @@ class Pipeline:
         raise Refusal(429, "rate_limited", "too many refused credentials from this address",
                       retry_after=retry_after)
 
-    def _block(self, ip: str | None, retry_after_s: int) -> None:
+    def _block(self, key: str | None, retry_after_s: int) -> None:
         blocked = self._blocked
-        blocked.pop(ip, None)
+        blocked.pop(key, None)
         while len(blocked) >= MAX_BLOCKED:  # forgetting one costs a lookup, then re-learned
             blocked.popitem(last=False)
-        blocked[ip] = time.monotonic() + max(1, retry_after_s)
+        blocked[key] = time.monotonic() + max(1, retry_after_s)
 
     async def refused_credential(self, ip: str | None, reason: str) -> None:
         """Charge a refused credential to ``ip`` (e.g. a wrong bootstrap admin secret); raises
@@ -250,7 +253,8 @@ class Pipeline:
     async def _public(self, route: MatchedRoute, ip: str | None) -> Decision:
         if route.rate_limit is None:
             return Decision(route)
-        result = await self.limiter.hit([(f"ip:{route.index}:{{{ip}}}", route.rate_limit)])
+        key = limit_key(ip)  # an IPv6 client's /64, as the failed-auth brake
+        result = await self.limiter.hit([(f"ip:{route.index}:{{{key}}}", route.rate_limit)])
         if not result.admitted:
             self.usage.event("rate_limited", "route", ip)
             raise Refusal(429, "rate_limited", "too many requests", limit=result,
@@ -299,9 +303,10 @@ class Pipeline:
             return
         limit = self.settings.failed_auth_limit
         if limit is not None:
-            result = await self.limiter.hit([(f"fail:{{{ip}}}", limit)])
+            key = limit_key(ip)  # an IPv6 client's /64: one budget, not 2^64
+            result = await self.limiter.hit([(f"fail:{{{key}}}", limit)])
             if not result.admitted:
-                self._block(ip, result.retry_after_s)
+                self._block(key, result.retry_after_s)
                 self._over_failed_limit(ip, result.retry_after_s)
         self.usage.event("auth_failed", why, ip, record.id if record else None,
                          record.subject if record else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -109,11 +110,24 @@ def requested_path(request: Request) -> str:
     return found[0] if found else "/"
 
 
+# An RFC 9110 method token (tchar+), bounded. Lower case is refused too: the proxy listener's
+# parser (httptools) refuses such a request line with a 400, and routes compare methods as
+# sent (case-sensitively, as HTTP does), so "delete" or "POST " must not fall through to
+# another route than the upstream's reading of it.
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Z-]{1,32}")
+
+
 def _claimed_method(request: Request) -> str:
+    """The method to judge, as sent: X-Forwarded-Method, else the request's own."""
     claimed = request.headers.getlist("x-forwarded-method")
     if len(set(claimed)) > 1:
         raise _invalid("X-Forwarded-Method is given twice, with different methods")
-    return (claimed[0] if claimed else request.method).upper()
+    return claimed[0] if claimed else request.method
+
+
+def _check_method(method: str) -> None:
+    if _METHOD_TOKEN.fullmatch(method) is None:
+        raise _invalid("X-Forwarded-Method is not an upper-case HTTP method token")
 
 
 async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep,
@@ -130,6 +144,7 @@ async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep
     try:
         ip = pipeline.client_address(client.host if client else None, request.scope["headers"])
         method, path = _claimed_method(request), requested_path(request)
+        _check_method(method)  # after both are read: a refusal logs what was claimed
         decision = await pipeline.decide(method, path, request.scope["headers"], ip)
     except Refusal as refusal:
         metrics.outcome[refusal.reason].inc()

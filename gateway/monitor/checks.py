@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.addresses import limit_key
 from gateway.authority import new_id, rfc3339
 from gateway.config import Alerts, parse_rate_limit
 from gateway.monitor.model import Alert, Severity, expiry_severity, window_text
@@ -250,9 +251,10 @@ class Checks:
         # ip -> [count, first event id, last event id] (events come in id order)
         per_ip: dict[str, list[int]] = {}
         for e in await self._events("auth_failed", now - timedelta(seconds=d.window)):
-            prev = previous.get(e["ip"])
-            if e["ip"] and not (prev and prev.counted(e)):
-                entry = per_ip.setdefault(e["ip"], [0, int(e["id"]), 0])
+            ip = limit_key(e["ip"])  # an IPv6 client's /64, as the brake counts it
+            prev = previous.get(ip) if ip else None
+            if ip and not (prev and prev.counted(e)):
+                entry = per_ip.setdefault(ip, [0, int(e["id"]), 0])
                 entry[0] += _count(_details(e["details"]))
                 entry[2] = int(e["id"])
         return [make_alert(
@@ -272,8 +274,9 @@ class Checks:
             details = _details(e["details"])
             if details.get("reason") == "creation_limit":
                 continue  # creation_rate's
-            what, target = ("token", e["token_id"]) if e["token_id"] else ("ip", e["ip"])
-            prev = previous.get(target)
+            what, target = ("token", e["token_id"]) if e["token_id"] else \
+                ("ip", limit_key(e["ip"]))  # an IPv6 client's /64, as the limits count it
+            prev = previous.get(target) if target else None
             if target is None or (prev and prev.counted(e)):
                 continue
             entry = per.setdefault((what, target), [0, e["subject"], int(e["id"]), 0])

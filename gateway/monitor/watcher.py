@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import secrets
 import time
@@ -32,7 +33,7 @@ from gateway.errors import AuthgateError, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.monitor.channels import Channel, HttpSession, LogChannel, build_channels
 from gateway.monitor.checks import Checks, make_alert, replay_alert
-from gateway.monitor.model import ACTOR, KINDS, Alert
+from gateway.monitor.model import ACTOR, KINDS, SEVERITIES, Alert
 from gateway.monitor.outbox import Outbox
 from gateway.monitor.repo import AlertStore
 from gateway.store import Event, SqlStore
@@ -102,9 +103,15 @@ class Watcher:
         since = _EPOCH if kind in LIFECYCLE else now - self._detector_span()
         known = await self.repo.known_keys(kind, since)
         raised = []
-        for alert in candidates:
-            if alert.dedup_key not in known and await self.raise_alert(alert):
+        new = [a for a in candidates if a.dedup_key not in known]
+        for alert in new[:MAX_ALERTS_PER_KIND]:
+            if await self.raise_alert(alert):
                 raised.append(alert)
+        if len(new) > MAX_ALERTS_PER_KIND:
+            summary = _suppressed(new[MAX_ALERTS_PER_KIND:], now)
+            if await self.raise_alert(summary):
+                raised.append(summary)
+        for alert in candidates:
             if alert.kind == "inactive_token_revoked" and alert.token_id:
                 await self._revoke_inactive(alert)  # also when raised before a crash
         return raised
@@ -259,3 +266,25 @@ class Watcher:
 
 
 __all__ = ["KINDS", "Watcher"]
+
+
+# At most this many alerts of one kind per check run (each is a delivery to every channel): a
+# flood of targets (one caller's many tokens, many addresses) is summarised in one more alert of
+# that kind. The suppressed ones are not recorded, so a detector that finds them again raises
+# them at a later run; their count is in the summary either way.
+MAX_ALERTS_PER_KIND = 100
+SUPPRESSED_SHOWN = 10  # targets named in the summary
+
+
+def _suppressed(rest: list[Alert], now: datetime) -> Alert:
+    kind, n = rest[0].kind, len(rest)
+    targets = [a.dedup_key.split("|")[1] for a in rest]
+    # the same suppressed set gives the same key on every replica: raised once
+    digest = hashlib.sha256("\n".join(a.dedup_key for a in rest).encode()).hexdigest()[:24]
+    log.warning("alerts: %d more %s alerts in one check run suppressed (at most %d per kind); "
+                "first targets: %s", n, kind, MAX_ALERTS_PER_KIND, ", ".join(targets[:5]))
+    return make_alert(
+        kind, min((a.severity for a in rest), key=SEVERITIES.index),
+        f"{n} more {kind} alerts in this check run were suppressed (at most "
+        f"{MAX_ALERTS_PER_KIND} per kind and run)", f"suppressed:{digest}", now,
+        details={"suppressed": n, "targets": targets[:SUPPRESSED_SHOWN]})

@@ -454,3 +454,52 @@ async def test_running_watchers_hand_over_when_the_leader_dies(replicas: Open,
         await asyncio.sleep(0.1)
     else:
         raise AssertionError("the new leader raised nothing")
+
+
+async def test_a_flood_of_targets_is_capped_per_kind_and_run_and_nothing_is_lost(
+        replicas: Open, clock: Clock) -> None:
+    from gateway.monitor.watcher import MAX_ALERTS_PER_KIND as CAP
+    gw = await replicas({"expiry_days": [], "rotation": None, "detectors": {
+        **OFF, "failed_auth": {"count": 1, "window": "5m"}}})
+    w, flood = watcher(gw), CAP + 37
+    ips = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(flood)]
+    await gw.store.insert_events([Event(type="auth_failed", actor="gateway", at=clock(), ip=ip,
+                                        details={"count": 1, "reason": "unknown"}) for ip in ips])
+    first = await w.run_checks()
+    assert len(first) == CAP + 1 and {a.kind for a in first} == {"failed_auth"}
+    summary = [a for a in first if a.ip is None]
+    assert len(summary) == 1 and summary[0].details["suppressed"] == flood - CAP
+    shown = summary[0].details["targets"]
+    assert 0 < len(shown) <= 10 and set(shown) <= set(ips)
+    assert {a.ip for a in first if a.ip} | set(shown) <= set(ips)
+    assert len(await alerts_of(gw, "failed_auth")) == CAP + 1
+    # the suppressed targets were not recorded: the next run raises them, then nothing
+    second = await w.run_checks()
+    assert sorted(a.ip for a in second) == sorted(set(ips) - {a.ip for a in first})
+    assert {a.ip for a in first + second if a.ip} == set(ips)
+    assert await w.run_checks() == []
+
+
+async def test_failed_auth_and_rate_limit_breach_group_ipv6_clients_by_their_64(
+        replicas: Open, clock: Clock) -> None:
+    gw = await replicas({"expiry_days": [], "rotation": None, "detectors": {
+        **OFF, "failed_auth": {"count": 10, "window": "5m"},
+        "rate_limit_breach": {"count": 5, "window": "10m"}}})
+    w, now = watcher(gw), clock()
+
+    def refusal(type_: str, ip: str, count: int = 1) -> Event:
+        return Event(type=type_, actor="gateway", at=now, ip=ip,
+                     details={"count": count, "reason": "unknown"})
+
+    # ten /128s of one /64, one refusal each: one client over the threshold; the next /64
+    # and an IPv4 address below it; an IPv4-mapped IPv6 counts with its IPv4
+    await gw.store.insert_events(
+        [refusal("auth_failed", f"2001:db8:1:2::{i:x}") for i in range(1, 11)]
+        + [refusal("auth_failed", "2001:db8:1:3::1", 9), refusal("auth_failed", "192.0.2.1", 5),
+           refusal("auth_failed", "::ffff:192.0.2.1", 5)]
+        + [refusal("rate_limited", f"2001:db8:7:7:{i}::1") for i in range(1, 6)])
+    raised = sorted(await w.run_checks(), key=lambda a: (a.kind, a.ip))
+    assert [(a.kind, a.ip, a.details["count"]) for a in raised] == [
+        ("failed_auth", "192.0.2.1", 10), ("failed_auth", "2001:db8:1:2::/64", 10),
+        ("rate_limit_breach", "2001:db8:7:7::/64", 5)]
+    assert await w.run_checks() == []

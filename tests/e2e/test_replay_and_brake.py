@@ -64,3 +64,38 @@ async def test_a_blocked_address_is_refused_even_with_the_bootstrap_secret(start
     r = await http.get(f"{gw.admin}/v1/tokens", headers=bearer(BOOT))
     assert r.status_code == 429, "the right bootstrap guess from a blocked address was let in"
     assert "retry-after" in r.headers
+
+
+async def test_an_ipv6_client_is_braked_and_limited_by_its_64(start_gateway, http):
+    """Each /128 of a /64 is not a budget of its own (issue: 2^64 brakes); IPv4 per address."""
+    gw = await start_gateway(failed_auth_limit="3/minute", trusted_proxies=["127.0.0.0/8"],
+                             routes=[{"path": "/public/*", "auth": "none",
+                                      "rate_limit": "2/minute"}])
+
+    async def guess(xff: str) -> int:
+        return (await http.get(f"{gw.proxy}/echo", headers={
+            **bearer("wrong-guess-0123456789"), "X-Forwarded-For": xff})).status_code
+
+    async def public(xff: str) -> int:
+        return (await http.get(f"{gw.proxy}/public/x",
+                               headers={"X-Forwarded-For": xff})).status_code
+
+    one64 = ["2001:db8:1:2::1", "2001:db8:1:2::2", "[2001:db8:1:2:ffff:ffff:ffff:ffff]:443",
+             "2001:DB8:1:2:abcd::9", "2001:db8:1:2::77"]
+    assert [await guess(a) for a in one64] == [401, 401, 401, 429, 429]
+    # another /64 (the neighbouring one, and one in the same /48) has its own budget
+    assert await guess("2001:db8:1:3::1") == 401
+    assert await guess("2001:db8:1::1") == 401
+    # IPv4 stays per address; an IPv4-mapped IPv6 is that IPv4
+    v4 = ["198.51.100.1", "::ffff:198.51.100.1", "198.51.100.1", "198.51.100.1"]
+    assert [await guess(a) for a in v4] == [401, 401, 401, 429]
+    assert await guess("198.51.100.2") == 401
+    # a public route's per-address limit: one /64 shares it too
+    assert [await public(a) for a in ("2001:db8:9:9::1", "2001:db8:9:9::2",
+                                      "2001:db8:9:9::3")] == [200, 200, 429]
+    assert await public("2001:db8:9:a::1") == 200
+    # events keep the full address
+    await gw.gateway.usage.flush()
+    events, _ = await gw.gateway.authority.events(type="auth_failed")
+    assert {"2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff:ffff:ffff:ffff"} <= {
+        e.ip for e in events}

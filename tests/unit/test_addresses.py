@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.addresses import ClientAddresses, parse_address, parse_network
+from gateway.addresses import ClientAddresses, limit_key, parse_address, parse_network
 from gateway.pipeline import header_value
 
 TRUSTED = ClientAddresses(["10.0.0.0/8", "2001:db8:f::/48", "192.0.2.1"])
@@ -94,3 +94,20 @@ def test_mapped_networks_match_unwrapped_peers():
 def test_identity_values_outside_printable_ascii_are_percent_encoded(value, sent):
     assert header_value(value) == sent
     assert header_value(value).isascii() and header_value(value).isprintable()
+
+
+@pytest.mark.parametrize("ip, key", [
+    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+    ("2001:DB8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("[2001:db8:1:2::9]:443", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64 is another client
+    ("::1", "::/64"),
+    ("::ffff:198.51.100.7", "198.51.100.7"),  # IPv4-mapped: the IPv4, per address
+    ("198.51.100.7", "198.51.100.7"),
+    ("198.51.100.7:4711", "198.51.100.7"),
+    (None, None),
+    ("testclient", "testclient"),  # not an address (a test client, a socket): itself
+])
+def test_limit_key_is_an_ipv6_clients_64_and_an_ipv4_address(ip, key):
+    assert limit_key(ip) == key
+    assert limit_key(ip) == key  # cached: the same answer
