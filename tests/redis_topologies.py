@@ -34,11 +34,15 @@ def _free(port: int) -> bool:
         return True
 
 
+_HANDED: set[int] = set()
+
+
 def free_cluster_port() -> int:
     """A free port whose cluster-bus port (+10000) is free too, both below 32768."""
     for _ in range(500):
         port = _PORTS.randrange(20000, 22700)
-        if _free(port) and _free(port + 10000):
+        if port not in _HANDED and _free(port) and _free(port + 10000):
+            _HANDED.add(port)  # the nodes of one cluster are picked before any starts
             return port
     raise AssertionError("no free loopback port pair for a cluster node")
 

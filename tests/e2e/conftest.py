@@ -29,18 +29,26 @@ PAIRS = {"sqlite+memory": ("sqlite", "memory://"), "postgresql+redis": ("postgre
 _PORTS = random.Random()
 
 
+_HANDED: set[int] = set()  # ports handed out in this run: never twice (two calls before a bind)
+
+
 def free_port() -> int:
     """A free loopback port below the ephemeral range (32768+), so that the outgoing connections
-    of other tests and sessions cannot take it between this check and the server's bind."""
+    of other tests and sessions cannot take it between this check and the server's bind; outside
+    the test Redis Clusters' ports (20000-22700) and bus ports (30000-32700); never one this run
+    handed out before."""
     for _ in range(200):
-        port = _PORTS.randrange(20000, 32000)
+        port = _PORTS.randrange(23000, 30000)
+        if port in _HANDED:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED.add(port)
             return port
-    raise AssertionError("no free loopback port in 20000-32000")
+    raise AssertionError("no free loopback port in 23000-30000")
 
 
 async def upstream_app(scope: dict[str, Any], receive, send) -> None:  # type: ignore[no-untyped-def]
