@@ -234,9 +234,11 @@ _ADD = resources.files("gateway").joinpath("lua", "credits_add.lua").read_text("
 class RedisLimiter:
     """Shared GCRA in Redis. While Redis is unreachable, limits are per replica (MemoryLimiter).
 
-    Hits that arrive in the same event-loop turn go to Redis as one pipeline (one connection
-    checkout, one write, one read): each script still runs atomically on its own, so the limit
-    holds exactly, and under load the per-request Redis cost is shared by the batch.
+    On one server (``redis://``, ``rediss://``) each hit is written at once to the client's
+    ``lean_scripts`` connection (gateway/redis_scripts.py: pipelined, no batching task). On a
+    cluster or a sentinel-managed master, hits that arrive in the same event-loop turn go to
+    Redis as one redis-py pipeline (one connection checkout, one write, one read). Either way
+    each script still runs atomically on its own, so the limit holds exactly.
     """
 
     def __init__(self, redis: RedisClient | RedisShared,
@@ -257,12 +259,16 @@ class RedisLimiter:
             return self._fallback.hit_now(limits)
         keys = [f"authgate:rl:{key}" for key, _ in limits]
         args = [n for _, limit in limits for n in (limit.limit, limit.window_s)]
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int] | None] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._send_batch)
-        self._batch.append((keys, args, future))
-        reply = await future
+        lean = self._redis.lean_scripts
+        if lean is not None:
+            reply = await lean.run(_SCRIPT, self._sha, keys, args)
+        else:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[list[int] | None] = loop.create_future()
+            if not self._batch:
+                loop.call_soon(self._send_batch)
+            self._batch.append((keys, args, future))
+            reply = await future
         if reply is None:  # Redis failed just now
             return self._fallback.hit_now(limits)
         admitted, idx, remaining, reset_ms, retry_ms = (int(x) for x in reply)
@@ -293,12 +299,16 @@ class RedisLimiter:
         if credit is not None:
             keys.append(f"authgate:cr:{credit}")
             args.append(period)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int] | None] = loop.create_future()
-        if not self._quota_batch:  # batched as hit() is: one pipeline per event-loop turn
-            loop.call_soon(self._send_quota_batch)
-        self._quota_batch.append((keys, args, future))
-        reply = await future
+        lean = self._redis.lean_scripts
+        if lean is not None:
+            reply = await lean.run(_QUOTA, _QUOTA_SHA, keys, args)
+        else:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[list[int] | None] = loop.create_future()
+            if not self._quota_batch:  # batched as hit() is: one pipeline per event-loop turn
+                loop.call_soon(self._send_quota_batch)
+            self._quota_batch.append((keys, args, future))
+            reply = await future
         if reply is None:  # Redis failed just now
             return self._fallback.hit_quota_now(limits, credit, period)
         admitted, idx, remaining, reset_ms, retry_ms, short, allowance, *rest = (

@@ -3,7 +3,8 @@
 Imported only when a Redis cache is configured (the driver with it). One class per topology
 behind one interface, chosen by the URL's scheme in ``CLIENTS`` (``make_redis``):
 
-    redis://, rediss://   RedisClient          one server (redis-py ``Redis``, blocking pool)
+    redis://, rediss://   RedisClient          one server (redis-py ``Redis``, blocking pool;
+                                               the limiter's scripts: ``lean_scripts``)
     redis+cluster://      ClusterRedisClient   redis-py ``RedisCluster`` (any seed nodes)
     redis+sentinel://     SentinelRedisClient  redis-py ``Sentinel.master_for`` (follows failover)
 
@@ -11,6 +12,10 @@ The shared token cache (``cache.RedisShared``) and the shared limiter (``ratelim
 both run on one ``RedisClient``: one pool, and one view of whether Redis is up. While it is down
 (a failed call marks it so for ``backoff_s``) neither asks it: lookups go to the store and limits
 are kept per replica. Redis errors never reach callers.
+
+One server also has ``lean_scripts`` (gateway/redis_scripts.py): one pipelined connection of
+its own for the per-request limiter scripts, off redis-py (its failures count as this client's).
+The cluster and sentinel clients have none (None): their scripts go through redis-py.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.errors import ConfigError
+from gateway.redis_scripts import ScriptPipe
 from gateway.redis_urls import parse_topology
 
 log = logging.getLogger("authgate.cache")
@@ -48,6 +54,10 @@ class RedisClient:
     pipelines of plain commands and of scripts, ``publish``); what differs between topologies
     is behind the methods here: ``subscription``, ``check`` and ``close``."""
 
+    # The per-request scripts' own pipelined connection; set by this class's ``_connect``
+    # only: the topologies that override it keep their scripts on redis-py.
+    lean_scripts: ScriptPipe | None = None
+
     def __init__(self, url: str, max_connections: int = 512, backoff_s: float = 1.0) -> None:
         self.client: Any = self._connect(url, max_connections)
         self._backoff_s = backoff_s
@@ -60,6 +70,9 @@ class RedisClient:
             url, max_connections=max_connections, timeout=2,
             socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30)
+        self.lean_scripts = ScriptPipe(
+            pool, self._mark_down, lambda: self.on_error(),
+            connect_timeout_s=CONNECT_TIMEOUT_S, reply_timeout_s=SOCKET_TIMEOUT_S)
         return aioredis.Redis(connection_pool=pool)
 
     async def check(self) -> None:
@@ -81,11 +94,15 @@ class RedisClient:
         try:
             return await awaitable
         except ERRORS as e:
-            if self.healthy():
-                log.warning("redis unavailable (%s); serving from the store", type(e).__name__)
-            self._down_until = time.monotonic() + self._backoff_s
-            self.on_error()
+            self._mark_down(type(e).__name__)
             return None
+
+    def _mark_down(self, why: str) -> None:
+        """A failed call: Redis is not asked for ``backoff_s`` (``why`` names no secret)."""
+        if self.healthy():
+            log.warning("redis unavailable (%s); serving from the store", why)
+        self._down_until = time.monotonic() + self._backoff_s
+        self.on_error()
 
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping()))
@@ -121,6 +138,8 @@ class RedisClient:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        if self.lean_scripts is not None:
+            await self.lean_scripts.close()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
 
