@@ -182,7 +182,7 @@ class ScriptPipe:
 
     def __init__(self, pool: aioredis.ConnectionPool, on_failure: Callable[[str], None],
                  on_overflow: Callable[[], None], *, connect_timeout_s: float,
-                 reply_timeout_s: float, max_pending: int = MAX_PENDING) -> None:
+                 reply_timeout_s: float, max_pending: int | None = None) -> None:
         kwargs = pool.connection_kwargs
         self._host: str = kwargs.get("host", "localhost")
         self._port: int = int(kwargs.get("port", 6379))
@@ -197,7 +197,7 @@ class ScriptPipe:
         self._on_overflow = on_overflow
         self._connect_timeout = connect_timeout_s
         self._reply_timeout = reply_timeout_s
-        self._max_pending = max_pending
+        self._max_pending = MAX_PENDING if max_pending is None else max_pending
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection | None] | None = None
 

@@ -1,0 +1,318 @@
+"""The limiter's scripts on one Redis server (``redis_scripts.ScriptPipe``), on real servers:
+replies matched to their callers, exact limits across replicas, NOSCRIPT, a server killed or
+frozen mid-flight, credentials and databases from the URL, the cap on calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway import redis_scripts
+from gateway.config import RateLimit
+from gateway.ratelimit import RedisLimiter
+from gateway.redis_client import RedisClient, make_redis, script_id
+from tests.redis_topologies import REDIS_URL, free_cluster_port
+
+ECHO = "return ARGV[1]"  # a script whose reply names its caller
+ECHO_SHA = script_id(ECHO)
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, signalled by PID only."""
+
+    def __init__(self, *args: str, password: str | None = None) -> None:
+        self.port = free_cluster_port()
+        self.args, self.password = args, password
+        self.dir = tempfile.mkdtemp(prefix="authgate-scripts-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0, userinfo: str = "") -> str:
+        return f"redis://{userinfo}127.0.0.1:{self.port}/{db}"
+
+    def cli(self, *args: str) -> str:
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        return subprocess.run(["redis-cli", "-p", str(self.port), *auth, *args],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+
+    def start(self) -> None:
+        extra = ["--requirepass", self.password] if self.password else []
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, *extra, *self.args],
+            stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while self.cli("ping") != "PONG":
+            assert time.monotonic() < deadline, "own redis-server did not start"
+            time.sleep(0.05)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # (in case a test left it stopped)
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Failures:
+    def __init__(self, client: RedisClient) -> None:
+        self.count = 0
+        client.on_error = self.inc
+
+    def inc(self) -> None:
+        self.count += 1
+
+
+async def flushed(url: str) -> None:
+    r = aioredis.from_url(url)
+    await r.flushdb()
+    await r.script_flush()
+    await r.aclose()
+
+
+def in_redis(server: PrivateRedis, key: str, db: int = 0) -> bool:
+    return server.cli("-n", str(db), "exists", f"authgate:rl:{key}") == "1"
+
+
+# --- matching and exactness (the shared test Redis) ---------------------------------------------
+
+async def test_each_of_many_concurrent_calls_gets_its_own_reply_even_when_some_are_cancelled():
+    await flushed(REDIS_URL)
+    client = RedisClient(REDIS_URL)
+    failures = Failures(client)
+    pipe = client.lean_scripts
+    assert pipe is not None  # one server: the lean path
+
+    async def echo(i: int) -> object:
+        return await pipe.run(ECHO, ECHO_SHA, [], [f"caller-{i}"])
+
+    tasks = [asyncio.ensure_future(echo(i)) for i in range(1500)]
+    await asyncio.sleep(0)  # every call written; then some callers give up
+    for task in tasks[::7]:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, result in enumerate(results):
+        if i % 7:
+            assert result == f"caller-{i}".encode()
+        else:
+            assert isinstance(result, asyncio.CancelledError)
+    assert await echo(-1) == b"caller--1"  # the replies of the cancelled calls were consumed
+    assert failures.count == 0
+    await client.close()
+
+
+async def test_concurrent_hits_on_distinct_and_shared_keys_each_get_their_own_result():
+    await flushed(REDIS_URL)
+    client = RedisClient(REDIS_URL)
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    shared = RateLimit(10_000, 10_000)  # (one request per second: whole numbers throughout)
+
+    async def hit(i: int) -> tuple[str, int, int]:
+        if i % 2:  # a key of its own, whose quota names it: its first hit leaves quota - 1
+            result = await limiter.hit([(f"own:{{{i}}}", RateLimit(1000 + i, 1000 + i))])
+            return "own", i, result.remaining
+        result = await limiter.hit([("shared", shared)])
+        return "shared", i, result.remaining
+
+    results = await asyncio.gather(*(hit(i) for i in range(1200)))
+    for kind, i, remaining in results:
+        if kind == "own":
+            assert remaining == 1000 + i - 1
+    shared_left = sorted(r for kind, _, r in results if kind == "shared")
+    assert shared_left == list(range(10_000 - 600, 10_000))  # each hit saw its own charge
+    assert failures.count == 0
+    await client.close()
+
+
+async def test_two_replicas_admit_exactly_the_limit_of_many_concurrent_hits():
+    await flushed(REDIS_URL)
+    clients = [RedisClient(REDIS_URL), RedisClient(REDIS_URL)]  # two connections, two "replicas"
+    failures = [Failures(c) for c in clients]
+    a, b = RedisLimiter(clients[0]), RedisLimiter(clients[1])
+    limit = RateLimit(137, 60)
+    results = await asyncio.gather(
+        *((a, b)[i % 2].hit([("exact", limit)]) for i in range(1000)))
+    assert sum(r.admitted for r in results) == 137
+    quota = await asyncio.gather(
+        *((a, b)[i % 2].hit_quota([("t:{q}:named", RateLimit(61, 60))], None, 0)
+          for i in range(400)))
+    assert sum(r.admitted for r in quota) == 61
+    assert [f.count for f in failures] == [0, 0]
+    for c in clients:
+        await c.close()
+
+
+# --- NOSCRIPT, failures and recovery (a server of our own) ---------------------------------------
+
+async def test_after_script_flush_the_script_is_loaded_once_and_every_hit_still_goes_to_redis(
+        own_redis):
+    client = RedisClient(own_redis.url())
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    assert (await limiter.hit([("warm", RateLimit(5, 60))])).remaining == 4
+    own_redis.cli("script", "flush")
+    own_redis.cli("config", "resetstat")
+    results = await asyncio.gather(*(limiter.hit([("after", RateLimit(500, 60))])
+                                     for _ in range(200)))
+    assert sorted(r.remaining for r in results) == list(range(300, 500))  # all counted in Redis
+    stats = own_redis.cli("info", "commandstats")
+    loads = [line for line in stats.splitlines() if line.startswith("cmdstat_script|load:")]
+    assert len(loads) == 1 and loads[0].split(":", 1)[1].startswith("calls=1,"), stats
+    assert failures.count == 0
+    await client.close()
+
+
+async def test_a_server_killed_mid_flight_fails_every_pending_hit_then_a_restart_is_used_again(
+        own_redis):
+    client = RedisClient(own_redis.url())
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    assert (await limiter.hit([("before", RateLimit(5, 60))])).admitted
+    assert in_redis(own_redis, "before")
+    own_redis.signal(signal.SIGSTOP)  # frozen: the next hits are written and wait
+    hits = [asyncio.ensure_future(limiter.hit([(f"k{i % 5}", RateLimit(3, 60))]))
+            for i in range(300)]
+    await asyncio.sleep(0.1)
+    assert not any(h.done() for h in hits)
+    own_redis.kill()
+    results = await asyncio.wait_for(asyncio.gather(*hits), 5)  # none hangs
+    # the per-replica fallback answered: 3 per key
+    assert sum(r.admitted for r in results) == 15
+    assert not client.healthy() and failures.count == 1
+    own_redis.start()  # the same port, empty
+    await asyncio.sleep(1.1)  # the backoff
+    assert client.healthy()
+    assert (await limiter.hit([("after", RateLimit(5, 60))])).admitted
+    assert in_redis(own_redis, "after")  # Redis answered, over a new connection
+    assert failures.count == 1
+    await client.close()
+
+
+async def test_a_server_that_stops_answering_fails_pending_hits_after_the_socket_timeout(
+        own_redis, caplog):
+    client = RedisClient(own_redis.url())
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    assert (await limiter.hit([("x", RateLimit(5, 60))])).admitted
+    own_redis.signal(signal.SIGSTOP)
+    with caplog.at_level(logging.WARNING, logger="authgate.cache"):
+        results = await asyncio.wait_for(asyncio.gather(
+            *(limiter.hit([("x", RateLimit(5, 60))]) for _ in range(20))), 5)
+    own_redis.signal(signal.SIGCONT)
+    assert sum(r.admitted for r in results) == 5  # fallback: a fresh per-replica count
+    assert failures.count == 1 and not client.healthy()
+    assert "TimeoutError" in caplog.text  # the reply timeout ended them (the socket is fine)
+    await client.close()
+
+
+async def test_calls_past_the_cap_fall_back_at_once_while_the_calls_in_flight_wait(
+        own_redis, monkeypatch):
+    monkeypatch.setattr(redis_scripts, "MAX_PENDING", 10)
+    client = RedisClient(own_redis.url())
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    assert (await limiter.hit([("cap", RateLimit(100, 60))])).admitted
+    own_redis.signal(signal.SIGSTOP)
+    waiting = [asyncio.ensure_future(limiter.hit([("cap", RateLimit(100, 60))]))
+               for _ in range(10)]
+    await asyncio.sleep(0.05)
+    over = await asyncio.wait_for(limiter.hit([("cap", RateLimit(100, 60))]), 0.5)
+    assert over.admitted and failures.count == 1  # the fallback; counted as a Redis error
+    assert client.healthy() and not any(w.done() for w in waiting)  # not marked down
+    own_redis.signal(signal.SIGCONT)
+    results = await asyncio.gather(*waiting)
+    assert sorted(r.remaining for r in results) == list(range(89, 99))  # from Redis
+    assert failures.count == 1
+    await client.close()
+
+
+# --- the URL's credentials and database -----------------------------------------------------------
+
+@pytest.mark.parametrize("userinfo", [":s3cret-pw@", "default:s3cret-pw@"])
+async def test_password_and_database_come_from_the_url(userinfo):
+    server = PrivateRedis(password="s3cret-pw")
+    server.start()
+    try:
+        client = RedisClient(server.url(db=3, userinfo=userinfo))
+        failures = Failures(client)
+        limiter = RedisLimiter(client)
+        assert [(await limiter.hit([("pw", RateLimit(2, 60))])).admitted
+                for _ in range(3)] == [True, True, False]
+        assert in_redis(server, "pw", db=3) and not in_redis(server, "pw", db=0)
+        assert failures.count == 0
+        await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_wrong_password_falls_back_and_says_so_without_the_password(caplog):
+    server = PrivateRedis(password="s3cret-pw")
+    server.start()
+    try:
+        client = RedisClient(server.url(userinfo=":not-the-pw-8d1f@"))
+        failures = Failures(client)
+        limiter = RedisLimiter(client)
+        with caplog.at_level(logging.WARNING, logger="authgate.cache"):
+            result = await limiter.hit([("pw", RateLimit(2, 60))])
+        assert result.admitted and result.remaining == 1  # the per-replica fallback
+        assert not client.healthy() and failures.count == 1
+        assert not in_redis(server, "pw")
+        assert "AUTH failed (WRONGPASS)" in caplog.text
+        assert "credentials" in caplog.text
+        assert "not-the-pw-8d1f" not in caplog.text and "s3cret" not in caplog.text
+        await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_server_that_is_not_there_falls_back_within_the_connect_timeout():
+    client = RedisClient(f"redis://127.0.0.1:{free_cluster_port()}/0")
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    results = await asyncio.wait_for(asyncio.gather(
+        *(limiter.hit([("gone", RateLimit(2, 60))]) for _ in range(5))), 2)
+    assert [r.admitted for r in results].count(True) == 2
+    assert failures.count == 1  # one connect attempt, shared by the calls that waited for it
+    await client.close()
+
+
+# --- which clients have the lean path ----------------------------------------------------------
+
+async def test_only_a_single_server_runs_its_scripts_off_redis_py():
+    single = make_redis(REDIS_URL)
+    cluster = make_redis("redis+cluster://127.0.0.1:1/")
+    assert single.lean_scripts is not None
+    assert cluster.lean_scripts is None  # cluster (and sentinel) stay on redis-py
+    await single.close()
+    await cluster.close()
+
+
+def test_a_command_is_encoded_as_resp_bulk_strings():
+    assert redis_scripts.encode_evalsha("ab", ["k"], [5, b"x"]) == (
+        b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\n5\r\n$1\r\nx\r\n")
