@@ -200,11 +200,14 @@ class ScriptPipe:
         self._max_pending = MAX_PENDING if max_pending is None else max_pending
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection | None] | None = None
+        self._closed = False  # by its owner: no new connection after that
 
     async def run(self, script: str, sha: str, keys: Sequence[str],
                   args: Sequence[str | bytes | int | float]) -> Any:
         conn = self._conn
         if conn is None or conn.closed:
+            if self._closed:
+                return None
             conn = await self._connection()
             if conn is None:
                 return None
@@ -282,6 +285,7 @@ class ScriptPipe:
         return conn
 
     async def close(self) -> None:
+        self._closed = True
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)

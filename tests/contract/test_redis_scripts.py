@@ -28,22 +28,34 @@ ECHO_SHA = script_id(ECHO)
 class PrivateRedis:
     """A redis-server of this test's own on a free loopback port, signalled by PID only."""
 
-    def __init__(self, *args: str, password: str | None = None) -> None:
+    def __init__(self, *args: str, password: str | None = None, tls: bool = False) -> None:
         self.port = free_cluster_port()
         self.args, self.password = args, password
         self.dir = tempfile.mkdtemp(prefix="authgate-scripts-")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.tls: list[str] = []
+        if tls:  # a self-signed certificate for 127.0.0.1, its own CA
+            self.cert = f"{self.dir}/cert.pem"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                 "-keyout", f"{self.dir}/key.pem", "-out", self.cert, "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+            self.tls = ["--tls", "--cacert", self.cert]
 
     def url(self, db: int = 0, userinfo: str = "") -> str:
         return f"redis://{userinfo}127.0.0.1:{self.port}/{db}"
 
     def cli(self, *args: str) -> str:
         auth = ["--no-auth-warning", "-a", self.password] if self.password else []
-        return subprocess.run(["redis-cli", "-p", str(self.port), *auth, *args],
+        return subprocess.run(["redis-cli", "-p", str(self.port), *self.tls, *auth, *args],
                               capture_output=True, text=True, timeout=10).stdout.strip()
 
     def start(self) -> None:
         extra = ["--requirepass", self.password] if self.password else []
+        if self.tls:
+            extra += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.cert,
+                      "--tls-key-file", f"{self.dir}/key.pem", "--tls-ca-cert-file", self.cert,
+                      "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, *extra, *self.args],
@@ -291,6 +303,27 @@ async def test_a_wrong_password_falls_back_and_says_so_without_the_password(capl
         server.stop()
 
 
+async def test_rediss_runs_the_scripts_over_tls_and_checks_the_certificate():
+    server = PrivateRedis(tls=True)
+    server.start()
+    try:
+        trusted = RedisClient(f"rediss://127.0.0.1:{server.port}/2?ssl_ca_certs={server.cert}")
+        failures = Failures(trusted)
+        limiter = RedisLimiter(trusted)
+        assert [(await limiter.hit([("tls", RateLimit(2, 60))])).admitted
+                for _ in range(3)] == [True, True, False]
+        assert in_redis(server, "tls", db=2) and failures.count == 0
+        await trusted.close()
+        untrusted = RedisClient(f"rediss://127.0.0.1:{server.port}/2")  # system CAs only
+        failures = Failures(untrusted)
+        assert (await RedisLimiter(untrusted).hit([("tls2", RateLimit(2, 60))])).admitted
+        assert failures.count == 1 and not untrusted.healthy()  # refused: the fallback
+        assert not in_redis(server, "tls2", db=2)
+        await untrusted.close()
+    finally:
+        server.stop()
+
+
 async def test_a_server_that_is_not_there_falls_back_within_the_connect_timeout():
     client = RedisClient(f"redis://127.0.0.1:{free_cluster_port()}/0")
     failures = Failures(client)
@@ -316,3 +349,14 @@ async def test_only_a_single_server_runs_its_scripts_off_redis_py():
 def test_a_command_is_encoded_as_resp_bulk_strings():
     assert redis_scripts.encode_evalsha("ab", ["k"], [5, b"x"]) == (
         b"*6\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\n5\r\n$1\r\nx\r\n")
+
+
+async def test_a_closed_client_opens_no_new_connection(own_redis):
+    client = RedisClient(own_redis.url())
+    pipe = client.lean_scripts
+    assert pipe is not None
+    assert await pipe.run(ECHO, ECHO_SHA, [], ["open"]) == b"open"
+    await client.close()
+    assert await pipe.run(ECHO, ECHO_SHA, [], ["closed"]) is None
+    await asyncio.sleep(0.05)
+    assert "connected_clients:1" in own_redis.cli("info", "clients")  # redis-cli's own only
