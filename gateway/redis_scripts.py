@@ -31,8 +31,8 @@ redis-py):
   its own call (the stream is still in step), reported the same way. A connection closed while
   nothing was pending is simply reopened by the next call.
 * Bounded: at most ``MAX_PENDING`` calls wait for replies; a call past that is refused at once
-  (None: the fallback) and counted as a Redis error, without marking Redis down: the calls in
-  flight still get their replies.
+  (None: the fallback) and counted as a Redis error (one log line per episode), without marking
+  Redis down: the calls in flight still get their replies.
 
 Scripts run here must not return nil (None means "no reply": the fallback).
 """
@@ -201,6 +201,7 @@ class ScriptPipe:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection | None] | None = None
         self._closed = False  # by its owner: no new connection after that
+        self._overflowing = False  # calls are being refused for MAX_PENDING (logged once)
 
     async def run(self, script: str, sha: str, keys: Sequence[str],
                   args: Sequence[str | bytes | int | float]) -> Any:
@@ -212,8 +213,13 @@ class ScriptPipe:
             if conn is None:
                 return None
         if len(conn.pending) >= self._max_pending:
+            if not self._overflowing:  # one line per episode, not one per refused call
+                log.warning("redis: %d script calls awaiting replies, refusing more "
+                            "(per-replica limits meanwhile)", self._max_pending)
+                self._overflowing = True
             self._on_overflow()
             return None
+        self._overflowing = False
         command = encode_evalsha(sha, keys, args)
         reply = await conn.send(command)
         if reply.__class__ is hiredis.ReplyError:
