@@ -84,15 +84,12 @@ class _Connection(asyncio.Protocol):
         self.loading: dict[str, asyncio.Future[Any]] = {}  # sha -> its SCRIPT LOAD in flight
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
-        self._made = self._loop.create_future()  # the transport is up
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports are not asyncio.Transport subclasses, but have its methods)
         self.transport = cast(asyncio.Transport, transport)
-        if not self._made.done():
-            self._made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         reader, pending = self._reader, self.pending
@@ -162,13 +159,8 @@ class _Connection(asyncio.Protocol):
         for _, future in pending:
             if not future.done():
                 future.set_result(_LOST)
-        if not self._made.done():
-            self._made.set_result(None)
         if self.transport is not None:
             self.transport.close()
-
-    async def wait_made(self) -> None:
-        await self._made
 
 
 class ConnectError(Exception):
@@ -247,7 +239,7 @@ class ScriptPipe:
     async def _connect(self) -> _Connection | None:
         try:
             conn = await asyncio.wait_for(self._open(), self._connect_timeout)
-        except (OSError, TimeoutError, ConnectError) as e:
+        except Exception as e:  # refused, unreachable, TLS, timeout, AUTH...: never the caller's
             why = str(e) if isinstance(e, ConnectError) else type(e).__name__
             self._on_failure(f"connect failed: {why}")
             return None
@@ -261,8 +253,8 @@ class ScriptPipe:
         failures: list[str] = []
         conn = _Connection(self._reply_timeout, failures.append)
         try:
+            # (returns once connection_made has run: TLS handshake included)
             await loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl)
-            await conn.wait_made()
             handshake = []
             if self._password is not None:
                 auth = ("AUTH", self._username, self._password) if self._username else (
