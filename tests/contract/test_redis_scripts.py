@@ -363,3 +363,37 @@ async def test_a_closed_client_opens_no_new_connection(own_redis):
     assert await pipe.run(ECHO, ECHO_SHA, [], ["closed"]) is None
     await asyncio.sleep(0.05)
     assert "connected_clients:1" in own_redis.cli("info", "clients")  # redis-cli's own only
+
+
+async def test_a_database_the_server_lacks_falls_back_and_says_so(own_redis, caplog):
+    client = RedisClient(own_redis.url(db=99))  # 16 databases by default
+    failures = Failures(client)
+    with caplog.at_level(logging.WARNING, logger="authgate.cache"):
+        result = await RedisLimiter(client).hit([("db", RateLimit(2, 60))])
+    assert result.admitted and failures.count == 1 and not client.healthy()
+    assert "SELECT failed (ERR): the server refused database 99" in caplog.text
+    await client.close()
+
+
+async def test_a_peer_that_does_not_speak_resp_fails_the_pending_calls(caplog):
+    """Not Redis at all (a wrong port in the URL): its bytes cannot be parsed."""
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read(100)  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RedisClient(f"redis://127.0.0.1:{port}/0")
+    failures = Failures(client)
+    limiter = RedisLimiter(client)
+    with caplog.at_level(logging.WARNING, logger="authgate.cache"):
+        results = await asyncio.wait_for(asyncio.gather(
+            *(limiter.hit([("p", RateLimit(2, 60))]) for _ in range(4))), 5)
+    assert [r.admitted for r in results] == [True, True, False, False]  # the fallback
+    assert failures.count == 1 and "ProtocolError" in caplog.text
+    await client.close()
+    server.close()
+    await server.wait_closed()
