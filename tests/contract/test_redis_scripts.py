@@ -343,10 +343,11 @@ async def test_a_server_that_is_not_there_falls_back_within_the_connect_timeout(
 async def test_only_a_single_server_runs_its_scripts_off_redis_py():
     single = make_redis(REDIS_URL)
     cluster = make_redis("redis+cluster://127.0.0.1:1/")
+    sentinel = make_redis("redis+sentinel://127.0.0.1:1/mymaster")
     assert single.lean_scripts is not None
-    assert cluster.lean_scripts is None  # cluster (and sentinel) stay on redis-py
-    await single.close()
-    await cluster.close()
+    assert cluster.lean_scripts is None and sentinel.lean_scripts is None  # on redis-py
+    for client in (single, cluster, sentinel):
+        await client.close()
 
 
 def test_a_command_is_encoded_as_resp_bulk_strings():
