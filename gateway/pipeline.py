@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, NoReturn
 from gateway import tokens
 from gateway.addresses import ClientAddresses, limit_key
 from gateway.authority import Actor, TokenAuthority
-from gateway.cache import TokenCache
+from gateway.cache import MISS, TokenCache
 from gateway.config import RateLimit, Settings
 from gateway.credits import CreditKeeper, charge, retry_after_s
 from gateway.errors import Refusal, StoreUnavailable
@@ -214,13 +214,24 @@ class Pipeline:
                       count_failures: bool = True) -> tuple[TokenRecord, datetime]:
         if count_failures and self._blocked:  # the common case costs one truth test
             self.brake(ip)
-        record: TokenRecord | None
-        try:
-            parsed = tokens.parse(raw, self.settings.token_prefix)
-        except tokens.MalformedToken:
-            record = await self._not_authgate(raw, ip, count_failures)
-        else:
-            record = await self._lookup(self._hash(parsed.plaintext))
+        record: TokenRecord | None = None
+        token_hash = None
+        if len(raw) <= tokens.MAX_TOKEN_LEN and raw.isascii():
+            # The warm path: a record the LRU holds under this exact string's keyed hash was
+            # put there after this string passed ``parse`` (the hash covers all of it), so
+            # parsing it again would only repeat a verdict. Anything else is parsed first.
+            token_hash = self._hash(raw)
+            cached = self.cache.local.get(token_hash)
+            if cached is not MISS and cached is not None:
+                record = cached
+                self.metrics.cache_layer["local"].inc()
+        if record is None:
+            try:
+                parsed = tokens.parse(raw, self.settings.token_prefix)
+            except tokens.MalformedToken:
+                record = await self._not_authgate(raw, ip, count_failures)
+            else:
+                record = await self._lookup(token_hash or self._hash(parsed.plaintext))
         now = self.clock()
         if record is None:
             await self._failed(ip, "unknown", count_failures)

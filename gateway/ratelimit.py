@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 Limits = Sequence[tuple[str, RateLimit]]  # (key, limit) pairs, all must admit
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per request, and frozen init costs ~1 us more
 class LimitResult:
     admitted: bool
     limit: RateLimit  # the policy the headers describe: the refusing one, else the tightest
@@ -70,18 +70,22 @@ class MemoryLimiter:
     whose TAT has passed behaves exactly like a key never seen, so it may go: each new key
     sweeps ``SWEEP_STEP`` entries of a snapshot of the keys, and a fresh snapshot is taken
     when the last one is used up. Every key is looked at once per ~len/SWEEP_STEP new keys, so
-    memory stays within about 4/3 of the keys still live, at amortised O(1) per new key and no
-    cost at all for a known key. Past ``max_keys`` the sweep also gives up live keys that are
+    memory stays within about 4/3 of the keys still live (or ``SWEEP_FROM`` keys, if more),
+    at amortised O(1) per new key and no cost at all for a known key. Past ``max_keys`` the sweep also gives up live keys that are
     under their limit (their client may get the rest of one burst again); a key that is over
     its limit is never dropped, so it stays limited.
     """
 
     SWEEP_STEP = 4
+    # Below this many keys nothing is swept: the memory is small either way, and a lightly used
+    # token (its TAT passed between two hits) would otherwise pay a sweep on every hit.
+    SWEEP_FROM = 1024
 
     def __init__(self, max_keys: int = 100_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._state: dict[str, list[float]] = {}
         self._max_keys = max_keys
+        self._sweep_from = min(self.SWEEP_FROM, max_keys)
         self._clock = clock
         self._sweep_keys: list[str] = []
         self._sweep_at = 0
@@ -141,7 +145,7 @@ class MemoryLimiter:
             remaining = math.floor((window - (new_tat - now)) / interval + 1e-9)
             if remaining < tight_remaining:
                 tight, tight_remaining, tight_reset = i, remaining, new_tat - now
-        if grew:
+        if grew and len(state) > self._sweep_from:
             self._sweep(now)
         return _result(True, limits, tight, tight_remaining, tight_reset, 0)
 
@@ -186,7 +190,7 @@ class MemoryLimiter:
                 grew = True
             else:
                 entry[0], entry[1] = tats[i], window - window / limit.limit
-        if grew:
+        if grew and len(state) > self._sweep_from:
             self._sweep(now)
         return _quota_result(True, limits, _parts(limits, tats, now), credits=allowance)
 
