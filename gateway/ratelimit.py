@@ -71,9 +71,9 @@ class MemoryLimiter:
     sweeps ``SWEEP_STEP`` entries of a snapshot of the keys, and a fresh snapshot is taken
     when the last one is used up. Every key is looked at once per ~len/SWEEP_STEP new keys, so
     memory stays within about 4/3 of the keys still live (or ``SWEEP_FROM`` keys, if more),
-    at amortised O(1) per new key and no cost at all for a known key. Past ``max_keys`` the sweep also gives up live keys that are
-    under their limit (their client may get the rest of one burst again); a key that is over
-    its limit is never dropped, so it stays limited.
+    at amortised O(1) per new key and no cost at all for a known key. Past ``max_keys`` the
+    sweep also gives up live keys that are under their limit (their client may get the rest
+    of one burst again); a key that is over its limit is never dropped, so it stays limited.
     """
 
     SWEEP_STEP = 4
