@@ -63,6 +63,9 @@ ON_DISCONNECT = "authgate.on_disconnect"
 # aiohttp adds these when the request lacks them; SPEC §6: forward the client's headers only.
 _NOT_OURS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _NO_BODY = frozenset({204, 304})  # statuses whose answers never have a body
+# What HeaderRules.request does with a client header that is not forwarded as it came.
+_DROP, _HOST, _FORWARDED_FOR, _REQUEST_ID, _CONNECTION = range(5)
+MAX_VERDICTS = 256  # header names whose verdict is remembered (a client chooses names freely)
 
 
 def _connection_named(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -96,28 +99,61 @@ class HeaderRules:
         api_key = settings.api_key_header
         self._credential = {b"authorization"} | ({_normalised(api_key.encode())} if api_key
                                                   else set())
+        self._verdicts: dict[bytes, str | int] = {}  # header name -> _verdict(name)
 
     def _drop(self, name: bytes) -> bool:
         n = _normalised(name)
         return (name in HOP_BY_HOP or n in self._credential or n.startswith(b"x-auth-")
                 or n in self._identity or name == b"host")
 
+    def _verdict(self, name: bytes) -> str | int:
+        """What ``request`` does with a header of this name: forward it (its name as str), or
+        one of the ``_DROP``/``_HOST``/``_FORWARDED_FOR``/``_REQUEST_ID``/``_CONNECTION``
+        codes. Remembered per name (a client sends the same few names again and again), up
+        to ``MAX_VERDICTS`` names: past that, worked out each time and not kept."""
+        verdict: str | int
+        if name == b"host":
+            verdict = _HOST
+        elif name == b"connection":
+            verdict = _CONNECTION
+        elif self._drop(name):
+            verdict = _DROP
+        elif name == b"x-forwarded-for":
+            verdict = _FORWARDED_FOR
+        elif name == b"x-request-id":
+            verdict = _REQUEST_ID
+        else:
+            verdict = name.decode("latin-1")
+        if len(self._verdicts) < MAX_VERDICTS:
+            self._verdicts[bytes(name)] = verdict
+        return verdict
+
     def request(self, scope: Scope, decision: Decision, request_id: bytes) -> list[tuple[str, str]]:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        named = _connection_named(headers)
+        verdicts = self._verdicts
         out: list[tuple[str, str]] = []
+        kept: list[bytes] = []  # the names forwarded, in step with ``out``
         forwarded_for = host = None
+        connection = False
         for name, value in headers:
-            if self._drop(name) or name in named:
-                if name == b"host":
-                    host = value
-                continue
-            if name == b"x-forwarded-for":
+            verdict = verdicts.get(name)
+            if verdict is None:
+                verdict = self._verdict(name)
+            if verdict.__class__ is str:  # the common case: forwarded as it came
+                out.append((verdict, value.decode("latin-1")))
+                kept.append(name)
+            elif verdict == _HOST:
+                host = value
+            elif verdict == _FORWARDED_FOR:
                 forwarded_for = value
-            elif name == b"x-request-id":
-                continue
-            else:
-                out.append((name.decode("latin-1"), value.decode("latin-1")))
+            elif verdict == _CONNECTION:
+                connection = True
+        if connection:  # rare: the headers a Connection header names are hop-by-hop too
+            named = _connection_named(headers)
+            if named:
+                out = [h for h, name in zip(out, kept, strict=True) if name not in named]
+                if b"x-forwarded-for" in named:
+                    forwarded_for = None
         client = scope.get("client")
         ip = client[0] if client else ""
         chain = f"{forwarded_for.decode('latin-1')}, {ip}" if forwarded_for else ip
@@ -136,14 +172,23 @@ class HeaderRules:
     @staticmethod
     def response(raw: Iterable[tuple[bytes, bytes]],
                  status: int = 200) -> list[tuple[bytes, bytes]]:
-        headers = [(n.lower(), v) for n, v in raw]  # clients keep the upstream's case
-        named = _connection_named(headers)
+        out: list[tuple[bytes, bytes]] = []
+        connection = False
+        for name, value in raw:
+            name = name.lower()  # clients keep the upstream's case
+            if name in HOP_BY_HOP:
+                connection = connection or name == b"connection"
+            else:
+                out.append((name, value))
+        if not connection and status not in _NO_BODY:  # the common case: one pass
+            return out
+        named = _connection_named([(n.lower(), v) for n, v in raw]) if connection else set()
         if status in _NO_BODY:
             # RFC 9110 lets a 304 carry Content-Length (the length it would have had), but
             # uvicorn then waits for that many body bytes and closes the connection. HEAD
             # answers keep theirs: uvicorn sends no body for HEAD.
             named.add(b"content-length")
-        return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+        return [(n, v) for n, v in out if n not in named]
 
 
 def request_id_of(scope: Scope) -> bytes:

@@ -40,3 +40,34 @@ def test_response_headers_drop_hop_by_hop_and_connection_named():
     out = HeaderRules.response(((b"Connection", b"x-a"), (b"X-A", b"1"), (b"Transfer-Encoding",
                                 b"chunked"), (b"Content-Type", b"text/plain")))
     assert out == [(b"content-type", b"text/plain")]
+
+
+def test_request_headers_judged_the_same_when_the_verdicts_are_remembered():
+    """Verdicts are remembered per header name: the second and later requests (and names past
+    the cap, judged afresh each time) come out exactly as the first."""
+    rules = HeaderRules(Settings(identity_headers={"subject": "X-User"}))
+    scope = {"headers": [
+        (b"host", b"gw"), (b"x-user", b"mallory"), (b"connection", b"x-forwarded-for, x-b"),
+        (b"x-forwarded-for", b"6.6.6.6"), (b"x-b", b"1"), (b"x-c", b"2"),
+        (b"x-request-id", b"client"), (b"authorization", b"Bearer t")],
+        "client": ("9.9.9.9", 1), "scheme": "http"}
+    decision = Decision(route=None, record=RECORD)  # type: ignore[arg-type]
+    first = rules.request(scope, decision, b"rid")
+    assert first == rules.request(scope, decision, b"rid")
+    d = dict(first)
+    # the Connection header names X-Forwarded-For: the client's chain is dropped, the peer kept
+    assert d["X-Forwarded-For"] == "9.9.9.9" and d["X-Forwarded-Host"] == "gw"
+    assert "x-b" not in d and d["x-c"] == "2" and d["X-User"] == "alice"
+    assert [n for n, _ in first].count("X-Request-Id") == 1 and d["X-Request-Id"] == "rid"
+    many = {"headers": [(f"x-n{i}".encode(), b"v") for i in range(1000)],
+            "client": ("9.9.9.9", 1), "scheme": "http"}
+    once = rules.request(many, decision, b"rid")
+    assert once == rules.request(many, decision, b"rid")
+    assert sum(1 for n, _ in once if n.startswith("x-n")) == 1000
+    assert len(rules._verdicts) <= 256  # a client cannot grow it past the cap
+
+
+def test_response_headers_of_a_304_lose_content_length():
+    out = HeaderRules.response(((b"Content-Length", b"10"), (b"ETag", b'"a"')), 304)
+    assert out == [(b"etag", b'"a"')]
+    assert HeaderRules.response(((b"Content-Length", b"10"),), 200) == [(b"content-length", b"10")]
