@@ -10,6 +10,8 @@
                                                        # + a row without the access log
     python bench/gateway_bench.py --workers 2          # + a row of serve --workers 2 (req/s
                                                        #   per worker vs one process)
+    python bench/gateway_bench.py --floor              # + the gateway with judging made free
+                                                       #   (bench/floor.py)
 
 Starts a 200-byte upstream, the baselines and one gateway process per backend pair (SQLite +
 memory, PostgreSQL + a private redis-server), then drives each in turn with wrk at 32, 256 and 1
@@ -141,6 +143,14 @@ class Bench:
                 proc = self.launch(name, [PY, "-m", "gateway", "serve"], env, tree.path)
                 self.targets.append(Target(name, port, proc, script, redis, tree.label, backend,
                                            suffix))
+            if self.opts.floor and backend == "sqlite+memory" and tree.path == ROOT:
+                # bench/floor.py: decisions made once and replayed (judging free), log off
+                port = free_port()
+                env = {**gateway_env(store, "memory://", self.upstream, port),
+                       "AUTHGATE_ACCESS_LOG": "false"}
+                proc = self.launch("floor", [PY, str(HERE / "floor.py")], env, tree.path)
+                self.targets.append(Target("floor sqlite+memory (judging free)", port, proc,
+                                           script, None, tree.label, backend, "floor"))
 
     def redis(self) -> Redis:
         if self.opts.redis:
@@ -379,6 +389,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--httpx-ref", action="store_true",
                     help="also measure a Starlette + httpx bare pass-through")
     ap.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
+    ap.add_argument("--floor", action="store_true",
+                    help="also bench/floor.py: the gateway with each decision made once and "
+                    "replayed (no access log): what the gateway costs beyond judging")
     ap.add_argument("--workers", type=int, default=0, metavar="N",
                     help="also a SQLite gateway run with serve --workers N, and its req/s per "
                     "worker against one process")
