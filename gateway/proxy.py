@@ -332,9 +332,13 @@ class AiohttpForwarder:
     async def forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision,
                       extra_headers: list[tuple[bytes, bytes]], request_id: bytes) -> None:
         """Send the request upstream and stream the answer back; raises UpstreamError before
-        anything was sent to the client. Returns quietly when the client goes away."""
+        anything was sent to the client. Returns quietly when the client goes away.
+
+        One coroutine for the whole exchange (no helper awaited in between): every resumption
+        of the request's task passes down each frame of the chain, several times a request."""
         target = request_target(scope)
-        url = URL(decision.route.upstream + target, encoded=True)
+        upstream = decision.route.upstream
+        url = URL(upstream + target, encoded=True)
         headers = self._rules.request(scope, decision, request_id)
         task = asyncio.current_task()
         assert task is not None
@@ -343,8 +347,41 @@ class AiohttpForwarder:
             body = watch.body() if _has_body(scope["headers"]) else None
             if body is None:
                 watch.start()
-            await self._exchange(decision.route.upstream, scope["method"], url, headers, body,
-                                 send, extra_headers)
+            started = time.perf_counter()
+            try:
+                response = await self._sessions[upstream].request(
+                    scope["method"], url, headers=headers, data=body, allow_redirects=False,
+                    compress=None)
+            except aiohttp.ConnectionTimeoutError:
+                raise UpstreamError(504, "upstream_timeout",
+                                    "no connection to the upstream could be had in time") from None
+            except TimeoutError:
+                raise UpstreamError(504, "upstream_timeout",
+                                    "the upstream did not answer in time") from None
+            except (aiohttp.ClientError, OSError) as e:
+                raise UpstreamError(502, "upstream_error",
+                                    f"the upstream is unreachable ({type(e).__name__})") from None
+            self._metrics.upstream_seconds.observe(time.perf_counter() - started)
+            try:
+                status = response.status
+                await send({"type": "http.response.start", "status": status,
+                            "headers": self._rules.response(response.raw_headers, status)
+                            + extra_headers})
+                length = response.content_length
+                if length is not None and length <= CHUNK:  # small: one body message
+                    await send({"type": "http.response.body", "body": await response.read()})
+                else:
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        await send({"type": "http.response.body", "body": chunk,
+                                    "more_body": True})
+                    await send({"type": "http.response.body", "body": b""})
+            except BaseException:
+                # Cut short (an upstream error, or the client left): close the connection,
+                # never pool it half-read. Headers are out: nothing else to answer.
+                response.close()
+                raise
+            finally:
+                response.release()
         except asyncio.CancelledError:
             # Ours (the client left) unless someone else cancelled too, e.g. a shutdown.
             if not watch.gone or task.uncancel() > 0:
@@ -355,43 +392,6 @@ class AiohttpForwarder:
             raise
         finally:
             watch.stop()
-
-    async def _exchange(self, upstream: str, method: str, url: URL,
-                        headers: list[tuple[str, str]], body: AsyncIterator[bytes] | None,
-                        send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
-        started = time.perf_counter()
-        try:
-            response = await self._sessions[upstream].request(
-                method, url, headers=headers, data=body, allow_redirects=False, compress=None)
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamError(504, "upstream_timeout",
-                                "no connection to the upstream could be had in time") from None
-        except TimeoutError:
-            raise UpstreamError(504, "upstream_timeout", "the upstream did not answer in time") \
-                from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise UpstreamError(502, "upstream_error",
-                                f"the upstream is unreachable ({type(e).__name__})") from None
-        self._metrics.upstream_seconds.observe(time.perf_counter() - started)
-        try:
-            status = response.status
-            await send({"type": "http.response.start", "status": status,
-                        "headers": self._rules.response(response.raw_headers, status)
-                        + extra_headers})
-            length = response.content_length
-            if length is not None and length <= CHUNK:  # small: one body message, no iterator
-                await send({"type": "http.response.body", "body": await response.read()})
-                return
-            async for chunk in response.content.iter_chunked(CHUNK):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        except BaseException:
-            # Cut short (an upstream error, or the client left): close the connection, never
-            # pool it half-read. Headers are out, so there is nothing else to answer.
-            response.close()
-            raise
-        finally:
-            response.release()
 
 
 # --- the forwarder surface and the proxy app ----------------------------------------------
