@@ -80,7 +80,6 @@ REDACTED = "[redacted]"
 # any prefix; and a path parameter's value (";jsessionid=...", up to the next ";", "/" or "?").
 _TOKEN_SHAPE = re.compile(r"[a-z0-9_]{1,16}_[0-9A-Za-z]{38}")
 _PATH_PARAM = re.compile(r"(;[^;/?=]*=)[^;/?]*")
-_MAY_HIDE = re.compile(r"[_%;]")  # what every redaction needs in the path as sent
 WALL_RESYNC_S = 1.0  # how often the wall clock offset of perf_counter is read again
 
 _perf_counter = time.perf_counter
@@ -279,8 +278,8 @@ def _redact(path: str) -> str:
 def redact_path(path: str | None) -> str | None:
     """The path with credentials taken out (module docstring): token shapes and path
     parameter values, in the path as sent and in its once/twice percent-decoded forms."""
-    if path is None or not _MAY_HIDE.search(path):
-        return path  # the common path: one scan of a short string, nothing allocated
+    if path is None or ("_" not in path and "%" not in path and ";" not in path):
+        return path  # the common path: what every redaction needs is not there (no regex)
     out = _redact(path)
     decoded = out
     for _ in range(2):
@@ -325,6 +324,7 @@ def _ms_text(seconds: float | None) -> str:
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # built once
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C, when available
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_stamp: list[Any] = [-1, -1, ""]  # the last ts: its whole second, its int(wall * 1000), text
 # The JSON text of the values of the fields that repeat from line to line (method, outcome,
 # route, client, subject, token id): one dict lookup instead of escaping them again. Bounded:
 # emptied when full. Only the writer thread formats lines (and a race would only write one
@@ -345,10 +345,15 @@ def _quoted(value: str | None) -> str:
 
 
 def _ts(wall: float) -> str:
-    second = int(wall)
+    second, millis = int(wall), int(wall * 1000)
+    if millis == _stamp[1] and second == _stamp[0]:  # busy: many lines a millisecond
+        text: str = _stamp[2]
+        return text
     if second != _second[0]:  # one strftime a second, not one a line
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{_MILLIS[int(wall * 1000) % 1000]}Z"
+    text = f"{_second[1]}.{_MILLIS[millis % 1000]}Z"
+    _stamp[:] = [second, millis, text]
+    return text
 
 
 def _q(value: str | None) -> str:

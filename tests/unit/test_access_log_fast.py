@@ -217,3 +217,17 @@ def test_the_wall_clock_of_a_request_follows_time_time() -> None:
     access_log._wall_offset[1] -= access_log.WALL_RESYNC_S + 0.1
     log.record(Entry(log, scope, nothing, ignore, time.perf_counter(), b"r"), "ok", None)
     assert abs(log._pending.popleft()[0] - time.time()) < 0.5  # ...then read again
+
+
+def test_timestamps_of_lines_in_a_row_are_the_general_ones() -> None:
+    """Many lines a millisecond (the last ts remembered), across millisecond, second and day
+    boundaries, and back in time (a stepped clock)."""
+    wall = 1_700_006_399.99
+    walls = []
+    for step in (0.0, 1e-5, 1e-4, 3e-4, 0.0007, 1e-6, 0.001, 0.0123, 0.5):
+        wall += step
+        walls += [wall, wall]
+    walls += [86_399.9995, 86_399.9996, 86_400.0, 1_700_000_000.0, 1_699_999_999.9994]
+    for wall in walls:
+        values = _line({"wall": wall})
+        assert format_line(values) == reference_line(values), wall
