@@ -31,6 +31,12 @@ memory or latency. Each batch is written in chunks of whole lines of at most ``P
 which the kernel writes atomically to a pipe: the workers of ``serve --workers N`` share one
 stdout and their lines never interleave (a line that would be longer is cut down: its long
 strings are shortened and ``"truncated": true`` added).
+
+Cost (bench/hot_path_micro.py): on the loop, an ``Entry`` (no clock read: a request's wall
+clock time is its perf_counter arrival plus an offset read again each second), a plain ``send``
+wrapper and one tuple per request; in the thread, ``format_line`` writes the repeated fields'
+JSON from a bounded cache and the milliseconds with integer arithmetic, byte for byte what
+``json`` and ``repr(round(ms, 3))`` write (tests/unit/test_access_log_fast.py).
 """
 
 from __future__ import annotations
@@ -74,7 +80,17 @@ REDACTED = "[redacted]"
 # any prefix; and a path parameter's value (";jsessionid=...", up to the next ";", "/" or "?").
 _TOKEN_SHAPE = re.compile(r"[a-z0-9_]{1,16}_[0-9A-Za-z]{38}")
 _PATH_PARAM = re.compile(r"(;[^;/?=]*=)[^;/?]*")
-_MAY_HIDE = re.compile(r"[_%;]")  # what every redaction needs in the path as sent
+WALL_RESYNC_S = 1.0  # how often the wall clock offset of perf_counter is read again
+
+_perf_counter = time.perf_counter
+# A request's wall clock time (its ``ts``) is its perf_counter arrival plus this offset, read
+# again every WALL_RESYNC_S (a stepped system clock shows within a second): no time.time() per
+# request. [offset, the perf_counter of the last reading]; only the event loop thread writes it.
+_wall_offset = [0.0, -WALL_RESYNC_S * 2]
+
+
+def _resync_wall(now: float) -> None:
+    _wall_offset[:] = [time.time() - _perf_counter(), now]
 
 
 def route_of(router: Router, method: str | None, path: str | None) -> str | None:
@@ -94,7 +110,7 @@ class Entry:
     bytes each way, the status and the moment the response head is sent."""
 
     __slots__ = ("_receive", "_send", "bytes_in", "bytes_out", "decision", "forwarded",
-                 "head_at", "log", "request_id", "route", "scope", "started", "status", "wall")
+                 "head_at", "log", "request_id", "route", "scope", "started", "status")
 
     def __init__(self, log: AccessLog, scope: Scope, receive: Receive, send: Send,
                  started: float, request_id: bytes) -> None:
@@ -102,8 +118,7 @@ class Entry:
         self.scope = scope  # turns the log off before it ends
         self._receive = receive
         self._send = send
-        self.started = started  # perf_counter at arrival
-        self.wall = time.time()
+        self.started = started  # perf_counter at arrival (its wall clock time: ``record``)
         self.request_id = request_id
         self.bytes_in = 0
         self.bytes_out = 0
@@ -116,7 +131,7 @@ class Entry:
     def forwarding(self, decision: Decision) -> None:
         self.decision = decision
         self.route = decision.route.pattern
-        self.forwarded = time.perf_counter()
+        self.forwarded = _perf_counter()
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -125,14 +140,16 @@ class Entry:
             self.bytes_in += len(body)
         return message
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """Counts, then hands back the server's ``send(message)`` for the caller to await: a
+        plain function, not a coroutine wrapping one (one frame less per message)."""
         kind = message["type"]
         if kind == "http.response.body":
             self.bytes_out += len(message.get("body", b""))
         elif kind == "http.response.start":
             self.status = message["status"]
-            self.head_at = time.perf_counter()
-        await self._send(message)
+            self.head_at = _perf_counter()
+        return self._send(message)
 
 
 class AccessLog:
@@ -164,14 +181,25 @@ class AccessLog:
 
     def record(self, entry: Entry, outcome: str, client_ip: str | None) -> None:
         """Queue the line of a finished proxied request (the hot path: no formatting, no I/O)."""
+        pending = self._pending
+        if len(pending) >= MAX_PENDING:
+            self._drop()
+            return
+        now = _perf_counter()
+        if now - _wall_offset[1] > WALL_RESYNC_S:
+            _resync_wall(now)
         scope = entry.scope
-        now = time.perf_counter()
-        upstream = (entry.head_at or now) - entry.forwarded if entry.forwarded else None
-        self._queue(entry.wall, entry.request_id, client_ip, scope["method"],
-                    scope.get("raw_path") or scope["path"],
-                    entry.status or CLIENT_GONE, outcome,
-                    entry.route, entry.decision, upstream, now - entry.started, entry.bytes_in,
-                    entry.bytes_out)
+        forwarded = entry.forwarded
+        decision = entry.decision
+        record = decision.record if decision is not None else None
+        # the tuple _queue builds, built here: this runs once per proxied request
+        pending.append((
+            entry.started + _wall_offset[0], entry.request_id, client_ip, scope["method"],
+            scope.get("raw_path") or scope["path"], entry.status or CLIENT_GONE, outcome,
+            entry.route, record.subject if record is not None else None,
+            record.id if record is not None else None,
+            (entry.head_at or now) - forwarded if forwarded else None, now - entry.started,
+            entry.bytes_in, entry.bytes_out))
 
     def decided(self, wall: float, started: float, request_id: bytes, client_ip: str | None,
                 method: str | None, path: str | None, status: int, outcome: str,
@@ -243,12 +271,6 @@ class AccessLog:
                         e.strerror)
 
 
-def _text(value: bytes | str | None) -> str | None:
-    if isinstance(value, bytes):  # a client's bytes: any that are not UTF-8 are escaped
-        return value.decode("utf-8", "backslashreplace")
-    return value
-
-
 def _redact(path: str) -> str:
     return _PATH_PARAM.sub(r"\1" + REDACTED, _TOKEN_SHAPE.sub(REDACTED, path))
 
@@ -256,8 +278,8 @@ def _redact(path: str) -> str:
 def redact_path(path: str | None) -> str | None:
     """The path with credentials taken out (module docstring): token shapes and path
     parameter values, in the path as sent and in its once/twice percent-decoded forms."""
-    if path is None or not _MAY_HIDE.search(path):
-        return path  # the common path: one scan of a short string, nothing allocated
+    if path is None or ("_" not in path and "%" not in path and ";" not in path):
+        return path  # the common path: what every redaction needs is not there (no regex)
     out = _redact(path)
     decoded = out
     for _ in range(2):
@@ -278,16 +300,60 @@ def _num(value: float | None) -> str:
     return "null" if value is None else repr(value)
 
 
+# Fractions of a millisecond as ``repr`` writes them after round(.., 3): ".0", ".5", ".25", ".125"
+_FRACTION = [f".{r:03d}".rstrip("0") if r else ".0" for r in range(1000)]
+_MILLIS = [f"{n:03d}" for n in range(1000)]  # the milliseconds of ``ts``
+
+
+def _ms_text(seconds: float | None) -> str:
+    """``_num(_ms(seconds))`` (rounded to the microsecond, as ``repr`` writes it) with integer
+    arithmetic, not a float rounding and a float repr: the product is within 1e-4 of the exact
+    microseconds below 1e12, so away from a half the integer rounding is the exact one, and
+    below 1e9 ms a number of 12 digits or fewer is what ``repr`` writes. Anything else (a tie,
+    zero, negative, huge, NaN) takes the general path."""
+    if seconds is None:
+        return "null"
+    millis = seconds * 1000
+    micros = millis * 1000
+    whole = int(micros + 0.5) if 0 < millis < 1e9 else 0
+    if -0.49 < micros - whole < 0.49 and whole:
+        return f"{whole // 1000}{_FRACTION[whole % 1000]}"
+    return repr(round(millis, 3))
+
+
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode  # built once
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C, when available
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_stamp: list[Any] = [-1, -1, ""]  # the last ts: its whole second, its int(wall * 1000), text
+# The JSON text of the values of the fields that repeat from line to line (method, outcome,
+# route, client, subject, token id): one dict lookup instead of escaping them again. Bounded:
+# emptied when full. Only the writer thread formats lines (and a race would only write one
+# entry twice). Never a path or a request id: those differ from request to request.
+_QUOTED: dict[str | None, str] = {None: "null"}
+MAX_QUOTED = 4096
+
+
+def _quoted(value: str | None) -> str:
+    text = _QUOTED.get(value)
+    if text is None:
+        assert value is not None
+        if len(_QUOTED) >= MAX_QUOTED:
+            _QUOTED.clear()
+            _QUOTED[None] = "null"
+        text = _QUOTED[value] = _quote(value)
+    return text
 
 
 def _ts(wall: float) -> str:
-    second = int(wall)
+    second, millis = int(wall), int(wall * 1000)
+    if millis == _stamp[1] and second == _stamp[0]:  # busy: many lines a millisecond
+        text: str = _stamp[2]
+        return text
     if second != _second[0]:  # one strftime a second, not one a line
         _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second[1]}.{int(wall * 1000) % 1000:03d}Z"
+    text = f"{_second[1]}.{_MILLIS[millis % 1000]}Z"
+    _stamp[:] = [second, millis, text]
+    return text
 
 
 def _q(value: str | None) -> str:
@@ -296,24 +362,32 @@ def _q(value: str | None) -> str:
 
 def format_line(values: tuple[Any, ...]) -> bytes:
     """One JSON line (ASCII only) from a recorded tuple, at most ``PIPE_BUF`` bytes. Written
-    out field by field (the C string escaper of ``json``; numbers are ours): about half the
-    cost of ``json.dumps`` on a dict, which only the rare line cut down to size goes through."""
+    out field by field (the C string escaper of ``json``, repeated values' text remembered,
+    numbers ours): a fraction of the cost of ``json.dumps`` on a dict, which
+    only the rare line cut down to size goes through."""
     (wall, request_id, client_ip, method, path, status, outcome, route, subject, token_id,
      upstream, total, bytes_in, bytes_out) = values
     ts = _ts(wall)
-    rid, method_s, path_s = _text(request_id), _text(method), redact_path(_text(path))
-    if method_s is not None and len(method_s) > MAX_METHOD:
-        method_s = method_s[:MAX_METHOD]
-    line = (f'{{"ts":"{ts}","request_id":{_q(rid)},"client_ip":{_q(client_ip)},'
-            f'"method":{_q(method_s)},"path":{_q(path_s)},"status":{int(status)},'
-            f'"outcome":{_q(outcome)},"route":{_q(route)},"subject":{_q(subject)},'
-            f'"token_id":{_q(token_id)},"upstream_ms":{_num(_ms(upstream))},'
-            f'"total_ms":{_num(_ms(total))},"bytes_in":{int(bytes_in)},'
-            f'"bytes_out":{int(bytes_out)}}}\n').encode()
+    rid = request_id.decode("utf-8", "backslashreplace") if isinstance(request_id, bytes) \
+        else request_id
+    if isinstance(method, bytes):
+        method = method.decode("utf-8", "backslashreplace")
+    if method is not None and len(method) > MAX_METHOD:
+        method = method[:MAX_METHOD]
+    path_s = redact_path(path.decode("utf-8", "backslashreplace") if isinstance(path, bytes)
+                         else path)
+    if type(status) is not int or type(bytes_in) is not int or type(bytes_out) is not int:
+        status, bytes_in, bytes_out = int(status), int(bytes_in), int(bytes_out)  # True: 1
+    line = (f'{{"ts":"{ts}","request_id":{_q(rid)},"client_ip":{_quoted(client_ip)},'
+            f'"method":{_quoted(method)},"path":{_q(path_s)},"status":{status},'
+            f'"outcome":{_quoted(outcome)},"route":{_quoted(route)},'
+            f'"subject":{_quoted(subject)},"token_id":{_quoted(token_id)},'
+            f'"upstream_ms":{_ms_text(upstream)},"total_ms":{_ms_text(total)},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}}}\n').encode()
     if len(line) <= PIPE_BUF:
         return line
     doc: dict[str, Any] = {
-        "ts": ts, "request_id": rid, "client_ip": client_ip, "method": method_s,
+        "ts": ts, "request_id": rid, "client_ip": client_ip, "method": method,
         "path": path_s, "status": status, "outcome": outcome, "route": route,
         "subject": subject, "token_id": token_id, "upstream_ms": _ms(upstream),
         "total_ms": _ms(total), "bytes_in": bytes_in, "bytes_out": bytes_out}
