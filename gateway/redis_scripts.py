@@ -183,10 +183,13 @@ class ScriptPipe:
         self._username: str | None = kwargs.get("username")
         self._password: str | None = kwargs.get("password")
         self._db = int(kwargs.get("db", 0) or 0)
-        self._ssl: Any = None
+        # redis-py's own TLS settings from the URL (cert checks, CA, ...): a context built per
+        # connect attempt, as redis-py does per connection, so rotated CA/cert files are read
+        # again, and a file missing now is a connect failure, never a construction error
+        self._ssl: Callable[[], Any] | None = None
         if issubclass(pool.connection_class, aioredis.SSLConnection):
-            # redis-py's own TLS settings from the URL (cert checks, CA, ...): its context
-            self._ssl = pool.connection_class(**kwargs).ssl_context.get()
+            cls, ssl_kwargs = pool.connection_class, dict(kwargs)
+            self._ssl = lambda: cls(**ssl_kwargs).ssl_context.get()
         self._on_failure = on_failure
         self._on_overflow = on_overflow
         self._connect_timeout = connect_timeout_s
@@ -220,6 +223,9 @@ class ScriptPipe:
             if str(reply).startswith("NOSCRIPT") and not conn.closed:
                 self._load(conn, script, sha)
                 reply = await conn.send(command)  # behind the load: runs after it
+                if (reply.__class__ is hiredis.ReplyError and str(reply).startswith("NOSCRIPT")
+                        and not conn.closed):  # the load was refused (an ACL without SCRIPT)
+                    reply = await conn.send(encode("EVAL", script, len(keys), *keys, *args))
             if reply.__class__ is hiredis.ReplyError:
                 self._on_failure(f"ResponseError: {str(reply).split(' ', 1)[0]}")
                 return None
@@ -255,8 +261,9 @@ class ScriptPipe:
         failures: list[str] = []
         conn = _Connection(self._reply_timeout, failures.append)
         try:
+            ssl = self._ssl() if self._ssl is not None else None
             # (returns once connection_made has run: TLS handshake included)
-            await loop.create_connection(lambda: conn, self._host, self._port, ssl=self._ssl)
+            await loop.create_connection(lambda: conn, self._host, self._port, ssl=ssl)
             handshake = []
             if self._password is not None:
                 auth = ("AUTH", self._username, self._password) if self._username else (
