@@ -30,7 +30,10 @@ dropped and counted (``authgate_access_log_dropped_total``), so a stuck stdout c
 memory or latency. Each batch is written in chunks of whole lines of at most ``PIPE_BUF`` bytes,
 which the kernel writes atomically to a pipe: the workers of ``serve --workers N`` share one
 stdout and their lines never interleave (a line that would be longer is cut down: its long
-strings are shortened and ``"truncated": true`` added).
+strings are shortened and ``"truncated": true`` added). When stdout is a regular file
+(``serve >> file``), chunks go up to ``FILE_CHUNK``: Linux writes each ``write`` to a regular
+file whole at its offset, whoever shares the descriptor, and a file write costs far more than
+a pipe write (measured: ~3 % of the gateway's CPU at 4 KiB chunks).
 
 Cost (bench/hot_path_micro.py): on the loop, an ``Entry`` (no clock read: a request's wall
 clock time is its perf_counter arrival plus an offset read again each second), a plain ``send``
@@ -46,6 +49,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -69,6 +73,7 @@ Send = Callable[[Message], Awaitable[None]]
 FLUSH_S = 0.05  # how often the writer thread drains the buffer
 MAX_PENDING = 20_000  # lines waiting to be written; past it lines are dropped and counted
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic (Linux: 4096)
+FILE_CHUNK = 64 * 1024  # the largest write when stdout is a regular file
 SHORTER = (200, 40)  # a string field's length in a line cut down to fit PIPE_BUF (2nd try)
 CLIENT_GONE = 499  # the status logged when the client left before a response began (nginx)
 FIELDS = ("ts", "request_id", "client_ip", "method", "path", "status", "outcome", "route",
@@ -158,6 +163,7 @@ class AccessLog:
 
     def __init__(self, metrics: Metrics | None = None, fd: int = 1) -> None:
         self._fd = fd
+        self._chunk = _chunk_size(fd)
         self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self._dropped = metrics.access_log_dropped if metrics is not None else None
         self._thread: threading.Thread | None = None
@@ -247,7 +253,7 @@ class AccessLog:
         size = 0
         while pending:
             line = format_line(pending.popleft())
-            if size + len(line) > PIPE_BUF and chunk:
+            if size + len(line) > self._chunk and chunk:
                 self._write(b"".join(chunk), len(chunk))
                 chunk, size = [], 0
             chunk.append(line)
@@ -269,6 +275,15 @@ class AccessLog:
             self._drop(lines)
             log.warning("access log: stdout is not writable (%s); lines are dropped",
                         e.strerror)
+
+
+def _chunk_size(fd: int) -> int:
+    """The largest write to ``fd`` that keeps whole lines together: ``FILE_CHUNK`` for a
+    regular file, ``PIPE_BUF`` for anything else (a pipe, a socket, a terminal)."""
+    try:
+        return FILE_CHUNK if stat.S_ISREG(os.fstat(fd).st_mode) else PIPE_BUF
+    except OSError:  # not open (yet): the first write says so
+        return PIPE_BUF
 
 
 def _redact(path: str) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,28 @@ def test_chunks_end_on_line_boundaries_within_pipe_buf(pipe: tuple[int, int],
     assert len(writes) > 1
     assert all(len(chunk) <= PIPE_BUF and chunk.endswith(b"\n") for chunk in writes)
     assert len(_read_all(r).splitlines()) == 80
+
+
+def test_to_a_regular_file_chunks_are_larger_and_still_whole_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``serve >> file``: fewer, larger writes (a file write costs far more than a pipe's),
+    each ending on a line boundary; every line arrives once, in order."""
+    fd = os.open(tmp_path / "access.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    writes: list[bytes] = []
+    real = os.write
+    monkeypatch.setattr(access_log.os, "write",
+                        lambda f, data: writes.append(bytes(data)) or real(f, data))
+    try:
+        log = AccessLog(fd=fd)
+        _queue(log, 400, path="/" + "x" * 300)  # ~200 KiB
+        log._flush()
+    finally:
+        os.close(fd)
+    assert 1 < len(writes) < 400 * 400 // access_log.PIPE_BUF
+    assert max(len(chunk) for chunk in writes) > access_log.PIPE_BUF
+    assert all(len(chunk) <= access_log.FILE_CHUNK and chunk.endswith(b"\n") for chunk in writes)
+    lines = (tmp_path / "access.log").read_bytes().splitlines()
+    assert [json.loads(x)["request_id"] for x in lines] == [f"id-{i}" for i in range(400)]
 
 
 def test_a_stuck_stdout_drops_and_counts_instead_of_growing(pipe: tuple[int, int],
