@@ -17,7 +17,8 @@ Optional services, built (and imported) only when configured:
     monitor     settings.alerts              gateway.monitor.Watcher (checks, outbox; started
                                              in ``start`` only: the CLI runs it by hand)
 
-A ``redis://`` cache and limiter run on one ``RedisClient`` (one pool, one health view), made
+A ``redis://`` cache and limiter run on one ``RedisClient`` (one redis-py pool, plus on a single
+server the limiter's pipelined script connection, ``gateway.redis_scripts``; one health view), made
 here on first use and closed here (the class for the URL's topology: ``redis_client.CLIENTS``;
 ``serve`` first runs ``check_cache``). ``serve`` (proxy + admin listeners), the CLI (store and
 authority only, no background work) and an in-process middleware all build the same object.
