@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from gateway.metrics import Metrics
     from gateway.pipeline import Decision
     from gateway.routes import Router
+    from gateway.store import TokenRecord
 
 log = logging.getLogger("authgate")
 
@@ -185,8 +186,10 @@ class AccessLog:
             self._stop.set()
             thread.join(timeout)
 
-    def record(self, entry: Entry, outcome: str, client_ip: str | None) -> None:
-        """Queue the line of a finished proxied request (the hot path: no formatting, no I/O)."""
+    def record(self, entry: Entry, outcome: str, client_ip: str | None,
+               refused: TokenRecord | None = None) -> None:
+        """Queue the line of a finished proxied request (the hot path: no formatting, no I/O).
+        ``refused``: the token of a refused request, when it was known (``Refusal.record``)."""
         pending = self._pending
         if len(pending) >= MAX_PENDING:
             self._drop()
@@ -197,7 +200,7 @@ class AccessLog:
         scope = entry.scope
         forwarded = entry.forwarded
         decision = entry.decision
-        record = decision.record if decision is not None else None
+        record = decision.record if decision is not None else refused
         # the tuple _queue builds, built here: this runs once per proxied request
         pending.append((
             entry.started + _wall_offset[0], entry.request_id, client_ip, scope["method"],
@@ -210,23 +213,24 @@ class AccessLog:
     def decided(self, wall: float, started: float, request_id: bytes, client_ip: str | None,
                 method: str | None, path: str | None, status: int, outcome: str,
                 route: str | None, decision: Decision | None, bytes_in: int = 0,
-                bytes_out: int = 0) -> None:
+                bytes_out: int = 0, refused: TokenRecord | None = None) -> None:
         """Queue the line of a forward-auth decision (or of a WebSocket upgrade, whose
         message bytes the relay counts): the method and path judged (null when the request was
         refused before they could be read), no upstream. The path, read from headers as
-        latin-1, is logged as its bytes are (as the proxy's)."""
+        latin-1, is logged as its bytes are (as the proxy's). ``refused``: as for ``record``."""
         raw = path.encode("latin-1", "backslashreplace") if path is not None else None
         self._queue(wall, request_id, client_ip, method, raw, status, outcome, route,
-                    decision, None, time.perf_counter() - started, bytes_in, bytes_out)
+                    decision, None, time.perf_counter() - started, bytes_in, bytes_out,
+                    refused)
 
     def _queue(self, wall: float, request_id: bytes, client_ip: str | None,
                method: str | None, path: bytes | str | None, status: int, outcome: str,
                route: str | None, decision: Decision | None, upstream: float | None, total: float,
-               bytes_in: int, bytes_out: int) -> None:
+               bytes_in: int, bytes_out: int, refused: TokenRecord | None = None) -> None:
         if len(self._pending) >= MAX_PENDING:
             self._drop()
             return
-        record = decision.record if decision is not None else None
+        record = decision.record if decision is not None else refused
         self._pending.append((
             wall, request_id, client_ip, method, path, status, outcome, route,
             record.subject if record is not None else None,

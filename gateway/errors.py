@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from gateway.ratelimit import LimitResult
+    from gateway.store import TokenRecord
 
 Reason = Literal["no_credential", "invalid_token", "insufficient_scope", "rate_limited",
                  "unavailable", "upstream_error", "upstream_timeout", "bad_request",
@@ -76,6 +77,9 @@ class Refusal(Exception):
     scope: str | None = None
     limit: LimitResult | None = None
     retry_after: int | None = None
+    # The token judged, when it was known (revoked, expired, over its limit, lacking a scope):
+    # for the access log's subject and token_id, never for the client's answer.
+    record: TokenRecord | None = None
 
 
 class UpstreamError(Exception):

@@ -196,7 +196,7 @@ class Pipeline:
             self.usage.event("access_denied", "insufficient_scope", ip, record.id,
                              record.subject)
             raise Refusal(403, "insufficient_scope", f"the token lacks scope {missing}",
-                          scope=" ".join(route.scopes))
+                          scope=" ".join(route.scopes), record=record)
         limit = await self._limit(record, route, ip)
         self.usage.hit(record.id, ip, now)
         return Decision(route, record, limit)
@@ -239,7 +239,7 @@ class Pipeline:
         unusable = self._unusable(record, now)
         if unusable is not None:  # a refused credential like any other: charged, braked
             await self._failed(ip, unusable, count_failures, record)
-            raise Refusal(401, "invalid_token", _UNUSABLE[unusable])
+            raise Refusal(401, "invalid_token", _UNUSABLE[unusable], record=record)
         if record.is_replay(now):  # a rotated-out token after its grace: rare, off the hot path
             await self._replay(record, ip, count_failures)
         return record, now
@@ -304,7 +304,7 @@ class Pipeline:
         # Each replay writes to the store: count it against the client's refused credentials
         # too, so one address cannot turn a stolen old token into a stream of writes.
         await self._failed(ip, "replay", count, record)
-        raise Refusal(401, "invalid_token", "the token has been revoked")
+        raise Refusal(401, "invalid_token", "the token has been revoked", record=record)
 
     async def _failed(self, ip: str | None, why: str, count: bool = True,
                       record: TokenRecord | None = None) -> None:
@@ -341,7 +341,7 @@ class Pipeline:
                 result.index == len(limits) - 1 else "token"
             self.usage.event("rate_limited", which, ip, record.id, record.subject)
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
-                          limit=result, retry_after=result.retry_after_s)
+                          limit=result, retry_after=result.retry_after_s, record=record)
         return result
 
     async def _quota(self, record: TokenRecord, route: MatchedRoute,
@@ -379,13 +379,13 @@ class Pipeline:
             self.usage.event("rate_limited", "credits", ip, record.id, record.subject)
             raise Refusal(429, "credits_exhausted", "the token's credits are used up",
                           limit=shown, retry_after=retry_after_s(credits, now)
-                          if credits is not None else None)
+                          if credits is not None else None, record=record)
         if not result.admitted:
             which = "route" if route.rate_limit is not None and \
                 result.index == len(limits) - 1 else "token"
             self.usage.event("rate_limited", which, ip, record.id, record.subject)
             raise Refusal(429, "rate_limited", "the token's rate limit is exhausted",
-                          limit=shown, retry_after=result.retry_after_s)
+                          limit=shown, retry_after=result.retry_after_s, record=record)
         return shown
 
 

@@ -37,6 +37,7 @@ from gateway.responses import rate_limit_headers
 
 if TYPE_CHECKING:
     from gateway.assertion import Assertions
+    from gateway.store import TokenRecord
 
 __all__ = ["FORWARDERS", "ON_DISCONNECT", "AiohttpForwarder", "Forwarder", "HeaderRules",
            "ProxyApp", "UpstreamError", "open_forwarder", "request_id_of"]
@@ -487,7 +488,7 @@ class ProxyApp:
             await responses.send_json(send, status, body, [*headers, (b"x-request-id", request_id)])
             self._observe(refusal.reason, started)
             if entry is not None:
-                self._log(entry, refusal.reason, ip)
+                self._log(entry, refusal.reason, ip, refusal.record)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
         extra.append((b"x-request-id", request_id))
@@ -513,11 +514,12 @@ class ProxyApp:
         self._metrics.outcome[outcome].inc()
         self._metrics.request_seconds.observe(time.perf_counter() - started)
 
-    def _log(self, entry: Entry, outcome: Outcome, ip: str | None) -> None:
+    def _log(self, entry: Entry, outcome: Outcome, ip: str | None,
+             refused: TokenRecord | None = None) -> None:
         """The request's end, with the access log on: one line queued (gateway.access_log)."""
         if entry.decision is None:  # refused: which route it was judged under
             raw_path = entry.scope.get("raw_path")
             entry.route = route_of(self._pipeline.router, entry.scope["method"],
                                    raw_path.decode("latin-1") if raw_path
                                    else entry.scope["path"])
-        entry.log.record(entry, outcome, ip)
+        entry.log.record(entry, outcome, ip, refused)

@@ -195,7 +195,8 @@ class WebSocketRelay:
             access = self._pipeline.access_log
             if access is not None:  # refused before any upgrade: which route it was judged under
                 access.decided(wall, started, request_id, ip, "GET", path, status,
-                               refusal.reason, route_of(self._pipeline.router, "GET", path), None)
+                               refusal.reason, route_of(self._pipeline.router, "GET", path), None,
+                               refused=refusal.record)
             return
         extra = rate_limit_headers(decision.limit) if decision.limit else []
         extra.append((b"x-request-id", request_id))

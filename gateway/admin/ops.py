@@ -150,7 +150,8 @@ async def authorize(request: Request, pipeline: PipelineDep, metrics: MetricsDep
         metrics.outcome[refusal.reason].inc()
         if log is not None:
             log.decided(wall, started, request_id or b"", ip, method, path, refusal.status,
-                        refusal.reason, route_of(pipeline.router, method, path), None)
+                        refusal.reason, route_of(pipeline.router, method, path), None,
+                        refused=refusal.record)
         raise  # rendered by the one refusal handler (gateway.admin.errors), as on the API
     metrics.outcome["ok"].inc()
     if log is not None:

@@ -256,14 +256,18 @@ async def test_access_log_one_json_line_per_request_never_a_credential(
     assert (two["method"], two["bytes_in"], two["bytes_out"]) == ("POST", 1234, upload_out)
     assert (by_id["req-3"]["status"], by_id["req-3"]["outcome"], by_id["req-3"]["route"],
             by_id["req-3"]["upstream_ms"]) == (403, "insufficient_scope", "/reports/*", None)
+    # a refused request whose token was known (here: lacking a scope) names it
+    assert (by_id["req-3"]["subject"], by_id["req-3"]["token_id"]) == ("alice", token["id"])
     assert (by_id["req-4"]["outcome"], by_id["req-4"]["route"], by_id["req-4"]["subject"]) == (
         "no_credential", "default", None)
     assert (by_id["req-5"]["status"], by_id["req-5"]["outcome"]) == (401, "invalid_token")
+    assert (by_id["req-5"]["subject"], by_id["req-5"]["token_id"]) == (None, None)  # unknown
     assert (by_id["req-6"]["route"], by_id["req-6"]["path"], by_id["req-6"]["token_id"]) == (
         "/public/*", "/public/a", None)
     seven = by_id["req-7"]
-    assert (seven["path"], seven["status"], seven["outcome"], seven["route"],
-            seven["subject"]) == ("/reports/z", 403, "insufficient_scope", "/reports/*", None)
+    assert (seven["path"], seven["status"], seven["outcome"], seven["route"], seven["subject"],
+            seven["token_id"]) == ("/reports/z", 403, "insufficient_scope", "/reports/*",
+                                   "alice", token["id"])
     gw.signal(signal.SIGTERM)
     assert await gw.exit_status() == 0
 
