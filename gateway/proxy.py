@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from gateway.assertion import Assertions
     from gateway.store import TokenRecord
 
-__all__ = ["FORWARDERS", "ON_DISCONNECT", "AiohttpForwarder", "Forwarder", "HeaderRules",
-           "ProxyApp", "UpstreamError", "open_forwarder", "request_id_of"]
+__all__ = ["FORWARDERS", "ON_DISCONNECT", "UPSTREAM_FAILURES", "AiohttpForwarder", "Forwarder",
+           "HeaderRules", "ProxyApp", "UpstreamError", "open_forwarder", "request_id_of",
+           "upstream_failure"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -237,6 +238,22 @@ def request_target(scope: Scope) -> str:
     return target
 
 
+# What aiohttp raises when the upstream cannot be reached or does not answer in time.
+UPSTREAM_FAILURES = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+def upstream_failure(e: BaseException) -> UpstreamError:
+    """The answer to an aiohttp failure (one of ``UPSTREAM_FAILURES``) to reach the upstream:
+    504 when no pooled or new connection came in time, or no answer did; else 502."""
+    if isinstance(e, aiohttp.ConnectionTimeoutError):  # a TimeoutError too: tested first
+        return UpstreamError(504, "upstream_timeout",
+                             "no connection to the upstream could be had in time")
+    if isinstance(e, TimeoutError):
+        return UpstreamError(504, "upstream_timeout", "the upstream did not answer in time")
+    return UpstreamError(502, "upstream_error",
+                         f"the upstream is unreachable ({type(e).__name__})")
+
+
 class _ClientWatch:
     """Notices the client going away, to end its exchange at once (uvicorn drops response
     sends after a disconnect: ``send`` never tells). The gateway's own listener offers a hook
@@ -353,15 +370,8 @@ class AiohttpForwarder:
                 response = await self._sessions[upstream].request(
                     scope["method"], url, headers=headers, data=body, allow_redirects=False,
                     compress=None)
-            except aiohttp.ConnectionTimeoutError:
-                raise UpstreamError(504, "upstream_timeout",
-                                    "no connection to the upstream could be had in time") from None
-            except TimeoutError:
-                raise UpstreamError(504, "upstream_timeout",
-                                    "the upstream did not answer in time") from None
-            except (aiohttp.ClientError, OSError) as e:
-                raise UpstreamError(502, "upstream_error",
-                                    f"the upstream is unreachable ({type(e).__name__})") from None
+            except UPSTREAM_FAILURES as e:
+                raise upstream_failure(e) from None
             self._metrics.upstream_seconds.observe(time.perf_counter() - started)
             try:
                 status = response.status

@@ -61,7 +61,14 @@ from gateway.config import Settings
 from gateway.errors import Outcome, Refusal, UpstreamError
 from gateway.metrics import Metrics
 from gateway.pipeline import Decision, Pipeline
-from gateway.proxy import POOL_WAIT_S, HeaderRules, request_id_of, request_target
+from gateway.proxy import (
+    POOL_WAIT_S,
+    UPSTREAM_FAILURES,
+    HeaderRules,
+    request_id_of,
+    request_target,
+    upstream_failure,
+)
 from gateway.responses import rate_limit_headers
 from gateway.ws_watch import POLICY, OpenSocket, TokenWatch
 
@@ -244,15 +251,8 @@ class WebSocketRelay:
         except aiohttp.WSServerHandshakeError as e:
             raise UpstreamError(502, "upstream_error", "the upstream refused the WebSocket "
                                 f"upgrade (HTTP {e.status})") from None
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamError(504, "upstream_timeout",
-                                "no connection to the upstream could be had in time") from None
-        except TimeoutError:
-            raise UpstreamError(504, "upstream_timeout", "the upstream did not answer in time") \
-                from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise UpstreamError(502, "upstream_error",
-                                f"the upstream is unreachable ({type(e).__name__})") from None
+        except UPSTREAM_FAILURES as e:
+            raise upstream_failure(e) from None
         self._metrics.upstream_seconds.observe(time.perf_counter() - started)
         return upstream
 

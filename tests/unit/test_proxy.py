@@ -71,3 +71,22 @@ def test_response_headers_of_a_304_lose_content_length():
     out = HeaderRules.response(((b"Content-Length", b"10"), (b"ETag", b'"a"')), 304)
     assert out == [(b"etag", b'"a"')]
     assert HeaderRules.response(((b"Content-Length", b"10"),), 200) == [(b"content-length", b"10")]
+
+
+def test_upstream_failures_map_to_502_and_504():
+    """One mapping for the proxy and the WebSocket relay (aiohttp's exception hierarchy:
+    a connection timeout is a TimeoutError too, and must say so)."""
+    import aiohttp
+
+    from gateway.proxy import UPSTREAM_FAILURES, upstream_failure
+
+    cases = [(aiohttp.ConnectionTimeoutError(), 504, "no connection"),
+             (aiohttp.SocketTimeoutError(), 504, "did not answer"),
+             (TimeoutError(), 504, "did not answer"),
+             (aiohttp.ClientConnectorError(None, OSError(111, "refused")), 502, "unreachable"),
+             (ConnectionResetError(), 502, "unreachable (ConnectionResetError)")]
+    for error, status, text in cases:
+        assert isinstance(error, UPSTREAM_FAILURES)
+        e = upstream_failure(error)
+        assert (e.status, text in e.description) == (status, True), error
+        assert e.reason == ("upstream_timeout" if status == 504 else "upstream_error")
