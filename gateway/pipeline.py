@@ -11,7 +11,10 @@
     8. record      usage into an in-memory aggregate (written in batches)
 
 Steps 3-5 are ``verify`` (each caller reads its own credential): the admin API's callers and
-RFC 7662 introspection go through the same code, so a token is judged usable in one place.
+RFC 7662 introspection go through the same code, so a token is judged usable in one place. A
+token the in-process LRU already holds under its keyed hash skips step 3 (the warm path: it
+passed parse to get there, and the hash covers the whole string); anything else is parsed
+before any cache or store is asked.
 
 Each refusal is a ``Refusal`` with a status, a ``reason`` from a closed set (``errors.Reason``:
 the metric label) and a message; ``gateway.responses`` is the one place that turns it into
