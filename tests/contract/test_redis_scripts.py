@@ -26,13 +26,14 @@ from tests.redis_topologies import REDIS_URL, free_cluster_port
 # collector; collect after each test, here, so that a "unclosed transport" warning is not
 # raised in whichever unrelated test the collector happens to run next (seen once in CI, after
 # these modules; not reproduced since and not diagnosed: it may be the pipe's transport on a
-# failure path or one of a test's own clients). Ignored in these modules only.
+# failure path or one of a test's own clients). Ignored in these modules only (the other
+# test_redis_scripts_* modules import this mark and fixture).
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
                                         "ignore::ResourceWarning")
 
 
 @pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
+def collect_garbage() -> Iterator[None]:
     yield
     gc.collect()
 

@@ -5,28 +5,14 @@ in review: it once relied on SCRIPT LOAD alone, so every hit failed and marked R
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-
 import pytest
 
 from gateway.redis_client import RedisClient, script_id
-from tests.contract.test_redis_scripts import PrivateRedis
-
-# Fault tests (servers killed, paused, TLS refused) can leave a transport for the garbage
-# collector; collect after each test, here, so that a "unclosed transport" warning is not
-# raised in whichever unrelated test the collector happens to run next (seen once in CI, after
-# these modules; not reproduced since and not diagnosed: it may be the pipe's transport on a
-# failure path or one of a test's own clients). Ignored in these modules only.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
-                                        "ignore::ResourceWarning")
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    yield
-    gc.collect()
-
+from tests.contract.test_redis_scripts import (  # noqa: F401 (pytestmark, fixture)
+    PrivateRedis,
+    collect_garbage,
+    pytestmark,
+)
 
 ECHO = "return ARGV[1]"
 

@@ -7,31 +7,18 @@ reply a caller gets must be its own (ECHO script), or None; nothing raises; noth
 from __future__ import annotations
 
 import asyncio
-import gc
 import random
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 import uvloop
 
 from gateway.redis_client import RedisClient, script_id
-from tests.contract.test_redis_scripts import PrivateRedis
-
-# Fault tests (servers killed, paused, TLS refused) can leave a transport for the garbage
-# collector; collect after each test, here, so that a "unclosed transport" warning is not
-# raised in whichever unrelated test the collector happens to run next (seen once in CI, after
-# these modules; not reproduced since and not diagnosed: it may be the pipe's transport on a
-# failure path or one of a test's own clients). Ignored in these modules only.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
-                                        "ignore::ResourceWarning")
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    yield
-    gc.collect()
-
+from tests.contract.test_redis_scripts import (  # noqa: F401 (pytestmark, fixture)
+    PrivateRedis,
+    collect_garbage,
+    pytestmark,
+)
 
 ECHO = "return ARGV[1]"
 ECHO_SHA = script_id(ECHO)
